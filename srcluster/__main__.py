@@ -1,0 +1,3 @@
+from srcluster.cli import main
+
+raise SystemExit(main())
