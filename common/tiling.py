@@ -52,8 +52,11 @@ def split_axis(length: int, tile: int, pad: int, border: int = BORDER) -> tuple[
     if length < 1 or tile < 1 or pad < 0:
         raise ValueError(f"bad axis: length={length} tile={tile} pad={pad}")
     extended = length + 2 * border
-    window = min(tile + 2 * pad, extended)
-    count = 1 if window == extended else math.ceil(length / tile)
+    count = 1 if tile + 2 * pad >= extended else math.ceil(length / tile)
+    # balanced cores are at most ceil(length / count) long: windows need no more than that
+    window = min(-(-length // count) + 2 * pad, extended)
+    if count == 1:
+        window = extended
     spans = []
     for i in range(count):
         start = length * i // count
