@@ -163,13 +163,14 @@ def infer_windows(engine: Engine, windows: Sequence[npt.NDArray[Any]]) -> npt.ND
 def finish(
     plan: JobPlan,
     canvases: Sequence[npt.NDArray[Any]],
-    pixels: npt.NDArray[Any] | None = None,
+    alpha: npt.NDArray[Any] | None = None,
 ) -> npt.NDArray[Any]:
     """Assemble the plane canvases into the final (H', W', C) pixels.
 
-    ``pixels`` (the decoded input) is needed only when the input has alpha that was
-    not inferred (opaque or ``skip_alpha``): that alpha is resized bilinearly,
-    which rings less than Lanczos on hard mask edges.
+    ``alpha`` (the input's (H, W) alpha channel, see :func:`uninferred_alpha`) is
+    needed only when the input has alpha that was not inferred (opaque or
+    ``skip_alpha``): it is resized bilinearly, which rings less than Lanczos on
+    hard mask edges.
     """
     color = canvases[0]
     model_h, model_w = color.shape[:2]
@@ -177,9 +178,9 @@ def finish(
         if "alpha" in plan.planes:
             alpha = canvases[plan.planes.index("alpha")]
         else:
-            if pixels is None:
-                raise ValueError("finish() needs the input pixels to resize an uninferred alpha")
-            alpha = cv2.resize(pixels[..., 3], (model_w, model_h), interpolation=cv2.INTER_LINEAR)
+            if alpha is None:
+                raise ValueError("finish() needs the input alpha to resize it")
+            alpha = cv2.resize(alpha, (model_w, model_h), interpolation=cv2.INTER_LINEAR)
         result = np.dstack([color, alpha.reshape(model_h, model_w, 1)])
     else:
         result = color
@@ -192,6 +193,13 @@ def finish(
         )
         result = result.reshape(plan.output_height, plan.output_width, channels)
     return result
+
+
+def uninferred_alpha(pixels: npt.NDArray[Any], plan: JobPlan) -> npt.NDArray[Any] | None:
+    """The input alpha that :func:`finish` resizes, or ``None`` when the model infers it."""
+    if plan.channels == 4 and "alpha" not in plan.planes:
+        return np.ascontiguousarray(pixels[..., 3])
+    return None
 
 
 def run_plan(
@@ -221,7 +229,7 @@ def run_plan(
             if progress is not None:
                 progress(done, total)
         canvases.append(canvas.pixels)
-    return finish(plan, canvases, pixels)
+    return finish(plan, canvases, uninferred_alpha(pixels, plan))
 
 
 def upscale_image(

@@ -39,6 +39,24 @@ DEFAULT_JPEG_QUALITY = 95
 DEFAULT_WEBP_QUALITY = 95
 """Quality of lossy WebP output (1-100); 101 asks for lossless."""
 
+DEFAULT_TIMEOUT = 600
+"""Seconds a job may run before it ends ``failed`` (``timeout``), unless the request asks for less."""
+
+DEFAULT_MAX_TIMEOUT = 3600
+"""The longest ``timeout`` a request may ask for."""
+
+DEFAULT_RESULT_TTL = 24 * 3600
+"""Seconds a job's record, tiles and result are kept in Redis."""
+
+DEFAULT_TILE_TIME_LIMIT = 600
+"""Hard limit in seconds for one tile's task (the soft limit is 90 % of it)."""
+
+DEFAULT_VISIBILITY_TIMEOUT = 2 * DEFAULT_TILE_TIME_LIMIT
+"""Seconds before an unacknowledged task is redelivered; above the longest tile."""
+
+DEFAULT_MAX_DELIVERIES = 3
+"""Deliveries of one tile before its job fails (a tile that kills its worker every time)."""
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -62,6 +80,35 @@ class Settings:
     jpeg_quality: int = DEFAULT_JPEG_QUALITY
     webp_quality: int = DEFAULT_WEBP_QUALITY
 
+    redis_url: str = ""
+    """Broker, result backend and job store; empty: ``srcluster up`` and the tests start an embedded Redis."""
+
+    tokens: str = ""
+    """API tokens as ``name:token`` pairs separated by commas (a bare token is named ``default``)."""
+
+    timeout: int = DEFAULT_TIMEOUT
+    max_timeout: int = DEFAULT_MAX_TIMEOUT
+    result_ttl: int = DEFAULT_RESULT_TTL
+    tile_time_limit: int = DEFAULT_TILE_TIME_LIMIT
+    visibility_timeout: int = DEFAULT_VISIBILITY_TIMEOUT
+    max_deliveries: int = DEFAULT_MAX_DELIVERIES
+
+    janitor_interval: int = 10
+    """Seconds between a worker's heartbeats and its check for overdue or stuck jobs."""
+
+    tile_queue: str = "tiles"
+    """Celery queue of tile tasks (GPU hosts may consume only this one)."""
+
+    stitch_queue: str = "stitch"
+    """Celery queue of stitch tasks."""
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    flower_port: int = 5555
+    flower_user: str = "admin"
+    flower_password: str = ""
+    """Basic-auth password for Flower; ``srcluster up`` generates one when empty."""
+
     @property
     def model_cache(self) -> Path:
         return self.models_dir if self.models_dir is not None else self.data_dir / "models"
@@ -69,6 +116,34 @@ class Settings:
     @property
     def inference_threads(self) -> int:
         return self.threads if self.threads > 0 else (os.cpu_count() or 1)
+
+    def token_names(self) -> dict[str, str]:
+        """Map each configured token to its name.
+
+        Raises:
+            ConfigError: a pair is malformed or a token is too short to be a secret.
+        """
+        table: dict[str, str] = {}
+        for item in filter(None, (part.strip() for part in self.tokens.split(","))):
+            name, sep, token = item.partition(":")
+            if not sep:
+                name, token = "default", item
+            if not name or len(token) < 16:
+                raise ConfigError(
+                    "SRCLUSTER_TOKENS must be name:token pairs with tokens of 16+ characters",
+                    name=name,
+                )
+            table[token] = name
+        return table
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as ``SRCLUSTER_*`` variables, for a child process (a worker, the API)."""
+        env = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                env[ENV_PREFIX + f.name.upper()] = str(value)
+        return env
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -103,6 +178,20 @@ class Settings:
             raise ConfigError("SRCLUSTER_JPEG_QUALITY must be within 1..100")
         if not 1 <= self.webp_quality <= 101:
             raise ConfigError("SRCLUSTER_WEBP_QUALITY must be within 1..101")
+        for name in (
+            "timeout",
+            "max_timeout",
+            "result_ttl",
+            "tile_time_limit",
+            "visibility_timeout",
+        ):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be positive")
+        if self.timeout > self.max_timeout:
+            raise ConfigError("SRCLUSTER_TIMEOUT must not exceed SRCLUSTER_MAX_TIMEOUT")
+        if self.max_deliveries < 1:
+            raise ConfigError("SRCLUSTER_MAX_DELIVERIES must be at least 1")
+        self.token_names()
 
 
 def _parse(name: str, raw: str, annotation: Any) -> Any:

