@@ -81,6 +81,22 @@ return 1
 """
 
 
+# KEYS: job hash, output key, done set, workers hash; ARGV: output, task, worker, ttl.
+# Stores a task's output only while its job is unfinished (a tile finishing after a
+# cancel must not leave data behind). Returns the tasks done, or -1 if the job ended.
+_FINISH_TASK = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'pending' and status ~= 'processing' then return -1 end
+local ttl = tonumber(ARGV[4])
+redis.call('SET', KEYS[2], ARGV[1], 'EX', ttl)
+redis.call('SADD', KEYS[3], ARGV[2])
+redis.call('EXPIRE', KEYS[3], ttl)
+redis.call('HSET', KEYS[4], ARGV[2], ARGV[3])
+redis.call('EXPIRE', KEYS[4], ttl)
+return redis.call('SCARD', KEYS[3])
+"""
+
+
 def token_hash(token: str) -> str:
     """What a job records of its owner: the token's sha256, never the token."""
     return hashlib.sha256(token.encode()).hexdigest()
@@ -149,6 +165,7 @@ class JobStore:
         self.redis: Any = client
         self.ttl = ttl
         self._transition = client.register_script(_TRANSITION)
+        self._finish_task = client.register_script(_FINISH_TASK)
 
     @classmethod
     def from_url(cls, url: str, ttl: int) -> JobStore:
@@ -298,7 +315,10 @@ class JobStore:
     def drop_tiles(self, job_id: str) -> None:
         """Delete a job's inputs, outputs and extras (the record and result stay until the TTL)."""
         keys = list(self.redis.scan_iter(match=self.key(job_id, "*"), count=1000))
-        keep = {self.key(job_id, "result").encode(), self.key(job_id, "done").encode()}
+        # progress and who ran what stay readable, as the record does, until the TTL
+        keep = {
+            self.key(job_id, part).encode() for part in ("result", "done", "workers", "deliveries")
+        }
         doomed = [k for k in keys if k not in keep]
         if doomed:
             self.redis.delete(*doomed)
@@ -320,15 +340,17 @@ class JobStore:
         return value
 
     def finish_task(self, job_id: str, task: int, output: bytes, worker: str) -> int:
-        """Store a task's output core, mark it done, note the worker; returns tasks done so far."""
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.set(self.key(job_id, "out", task), output, ex=self.ttl)
-        pipe.sadd(self.key(job_id, "done"), task)
-        pipe.expire(self.key(job_id, "done"), self.ttl)
-        pipe.hset(self.key(job_id, "workers"), str(task), worker)
-        pipe.expire(self.key(job_id, "workers"), self.ttl)
-        pipe.scard(self.key(job_id, "done"))
-        done: int = pipe.execute()[-1]
+        """Store a task's output core, mark it done, note the worker, atomically.
+
+        Returns the tasks done so far, or -1 (and stores nothing) if the job has ended.
+        """
+        keys = [
+            self.key(job_id),
+            self.key(job_id, "out", task),
+            self.key(job_id, "done"),
+            self.key(job_id, "workers"),
+        ]
+        done: int = self._finish_task(keys=keys, args=[output, task, worker, self.ttl])
         return done
 
     def read_outputs(self, job_id: str, tasks: int) -> list[bytes | None]:

@@ -92,11 +92,11 @@ class Cluster:
         return s
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str], logs: Path) -> None:
-        log = (logs / f"{name}.log").open("ab")
         # own session: Ctrl-C reaches only us, and we stop the children in order
-        process = subprocess.Popen(
-            args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        with (logs / f"{name}.log").open("ab") as log:
+            process = subprocess.Popen(
+                args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         self.children.append((name, process))
 
     def wait_healthy(self, timeout: float = 90) -> None:

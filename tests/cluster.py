@@ -64,14 +64,15 @@ class WorkerProcess:
         ]  # fmt: skip
         if queues:
             args += ["--queues", queues]
-        self.process = subprocess.Popen(
-            args,
-            cwd=ROOT,
-            env=child_env(settings),
-            stdout=self.log.open("wb"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        with self.log.open("wb") as out:  # the child keeps its own descriptor
+            self.process = subprocess.Popen(
+                args,
+                cwd=ROOT,
+                env=child_env(settings),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     @property
     def hostname(self) -> str:
@@ -117,6 +118,7 @@ class ApiServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log_dir / "api.log"
+        out = self.log.open("wb")
         self.process = subprocess.Popen(
             [
                 sys.executable,
@@ -134,10 +136,11 @@ class ApiServer:
             ],
             cwd=ROOT,
             env=child_env(settings),
-            stdout=self.log.open("wb"),
+            stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        out.close()  # the child keeps its own descriptor
 
     def wait_ready(self, timeout: float = 60) -> ApiServer:
         import requests

@@ -56,6 +56,8 @@ def test_a_job_lives_and_ends_once(store: JobStore) -> None:
     assert not store.succeed(job_id, b"other", {"size": 5}), "success is final"
     assert not store.fail(job_id, "x", "late failure")
     assert not store.cancel(job_id)
+    assert store.finish_task(job_id, 2, b"late", "w1") == -1, "a late tile stores nothing"
+    assert store.redis.get(store.key(job_id, "out", 2)) is None
     record = store.get(job_id)
     assert (
         record is not None and record.status is JobStatus.SUCCESS and record.output == {"size": 5}

@@ -1,0 +1,119 @@
+"""The one place where errors become HTTP replies: ``{"code", "message", "detail"}`` JSON.
+
+The API's own errors extend :mod:`common.errors`'s tree::
+
+    SrclusterError
+    +-- InputError
+    |   +-- Unauthorized        no token, or not one we know (401)
+    |   +-- NotFound            no such job, or another token's (404)
+    |   +-- NotReady            the job has no result yet (409)
+    |   +-- Gone                the job's result was deleted or expired (410)
+    +-- Unavailable             Redis does not answer (503)
+
+werkzeug's HTTP exceptions (unknown route, wrong method, body over
+``MAX_CONTENT_LENGTH``) get the same shape; anything unexpected is logged and
+answered ``500 internal`` without its details.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from flask import Flask, Response, current_app, jsonify
+from werkzeug.exceptions import HTTPException
+
+from common.errors import InputError, SrclusterError
+
+
+class Unauthorized(InputError):
+    """The request carries no token, or one that is not configured."""
+
+    code = "unauthorized"
+    http_status = 401
+
+
+class NotFound(InputError):
+    """No job by that id belongs to this token (missing and foreign jobs look the same)."""
+
+    code = "not_found"
+    http_status = 404
+
+
+class NotReady(InputError):
+    """The job has not succeeded (yet); ``detail["status"]`` says where it is."""
+
+    code = "not_ready"
+    http_status = 409
+
+
+class Gone(InputError):
+    """The job succeeded but its result was deleted or has expired."""
+
+    code = "gone"
+    http_status = 410
+
+
+class Unavailable(SrclusterError):
+    """A service the API needs (Redis) does not answer; retry later."""
+
+    code = "unavailable"
+    http_status = 503
+
+
+# werkzeug names some statuses in words of its own; these are the codes clients see
+_HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    415: "unsupported_media_type",
+}
+
+
+def error_response(
+    status: int, code: str, message: str, detail: dict[str, Any] | None = None
+) -> Response:
+    response = jsonify({"code": code, "message": message, "detail": detail or {}})
+    response.status_code = status
+    if status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="srcluster"'
+    return response
+
+
+def _from_srcluster(error: SrclusterError) -> Response:
+    return error_response(error.http_status, error.code, error.message, error.detail)
+
+
+def _from_http(error: HTTPException) -> Response:
+    status = error.code or 500
+    code = _HTTP_CODES.get(status) or (error.name or "error").lower().replace(" ", "_")
+    message = (error.description or error.name or "error").strip()
+    if status == 413:
+        limit = current_app.config["SRCLUSTER_MAX_BYTES"]
+        message = f"the request is larger than the upload limit of {limit} bytes"
+        response = error_response(status, code, message, {"limit": limit})
+    else:
+        response = error_response(status, code, message)
+    for name, value in error.get_headers():
+        if name.lower() != "content-type":  # keeps Allow on 405
+            response.headers[name] = value
+    return response
+
+
+def _from_redis(error: redis.RedisError) -> Response:
+    current_app.logger.warning("redis error: %s", error)
+    return _from_srcluster(Unavailable("the job store (Redis) does not answer; try again later"))
+
+
+def _from_anything(error: Exception) -> Response:
+    current_app.logger.exception("unexpected error", exc_info=error)
+    return error_response(500, "internal", "internal error; the server log has the details")
+
+
+def register(app: Flask) -> None:
+    """Make every error of ``app`` a JSON reply."""
+    app.register_error_handler(SrclusterError, _from_srcluster)
+    app.register_error_handler(HTTPException, _from_http)
+    app.register_error_handler(redis.RedisError, _from_redis)
+    app.register_error_handler(Exception, _from_anything)

@@ -1,0 +1,337 @@
+"""The OpenAPI 3.1 description served at ``/openapi.json``, written by hand to match :mod:`api.routes`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from common.models import DEFAULT_MODEL
+from common.params import MAX_PAD, MAX_SCALE, MIN_SCALE
+from common.settings import Settings
+from common.store import JobStatus
+from common.tiling import MAX_TILE, MIN_TILE
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+_NO_AUTH: list[dict[str, list[str]]] = []
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ERROR}}}
+
+
+def _ok(description: str, schema_name: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {
+            "application/json": {"schema": {"$ref": f"#/components/schemas/{schema_name}"}}
+        },
+    }
+
+
+_UNAUTHORIZED = _error("no token, or an unknown one (`unauthorized`)")
+_NOT_FOUND = _error(
+    "no such job for this token: malformed, missing, expired or another token's (`not_found`)"
+)
+_UNAVAILABLE = _error("Redis or the task queue does not answer (`unavailable`)")
+
+_TASK_ID = {
+    "name": "task_id",
+    "in": "path",
+    "required": True,
+    "description": "the `task_id` returned by `POST /sr`: 32 lowercase hex digits",
+    "schema": {"type": "string"},
+}
+
+
+def document(version: str, settings: Settings) -> dict[str, Any]:
+    """The OpenAPI document for an API running with ``settings``."""
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "srcluster",
+            "version": version,
+            "description": "Distributed image super-resolution (Real-ESRGAN). Submit an image to "
+            "`POST /sr`, poll `GET /result/{task_id}`, fetch `GET /result/{task_id}/download`. "
+            "Every error is JSON `{code, message, detail}`.",
+        },
+        "security": [{"token": []}, {"bearer": []}],
+        "paths": {
+            "/healthz": {
+                "get": {
+                    "summary": "Liveness: whether Redis answers",
+                    "operationId": "healthz",
+                    "security": _NO_AUTH,
+                    "responses": {
+                        "200": _ok("Redis answers", "Health"),
+                        "503": _ok("Redis does not answer", "Health"),
+                    },
+                }
+            },
+            "/": {
+                "get": {
+                    "summary": "Service information: version, models and worker processes",
+                    "operationId": "info",
+                    "responses": {
+                        "200": _ok("service information", "Info"),
+                        "401": _UNAUTHORIZED,
+                        "503": _UNAVAILABLE,
+                    },
+                }
+            },
+            "/sr": {
+                "post": {
+                    "summary": "Submit an image to upscale",
+                    "operationId": "submit",
+                    "requestBody": {
+                        "required": True,
+                        "content": {"multipart/form-data": {"schema": _submit_schema(settings)}},
+                    },
+                    "responses": {
+                        "202": {
+                            "description": "the job is queued",
+                            "headers": {
+                                "Location": {
+                                    "description": "`/result/{task_id}`",
+                                    "schema": {"type": "string"},
+                                }
+                            },
+                            "content": {
+                                "application/json": {
+                                    "schema": {"$ref": "#/components/schemas/Submitted"}
+                                }
+                            },
+                        },
+                        "400": _error("a malformed multipart body (`bad_request`)"),
+                        "401": _UNAUTHORIZED,
+                        "413": _error(
+                            f"the file (over {settings.max_bytes} bytes) or its pixels are over a limit (`too_large`)"
+                        ),
+                        "415": _error(
+                            "not an image we read, damaged, or empty (`unsupported_image`)"
+                        ),
+                        "422": _error(
+                            "a parameter is malformed or out of range, neither or both of file and url, "
+                            "an unknown model or a refused url; `detail.parameter` names it"
+                        ),
+                        "503": _UNAVAILABLE,
+                    },
+                }
+            },
+            "/result/{task_id}": {
+                "parameters": [_TASK_ID],
+                "get": {
+                    "summary": "A job's status and progress",
+                    "operationId": "result",
+                    "responses": {
+                        "200": _ok("the job", "ResultReply"),
+                        "401": _UNAUTHORIZED,
+                        "404": _NOT_FOUND,
+                        "503": _UNAVAILABLE,
+                    },
+                },
+                "delete": {
+                    "summary": "Cancel an unfinished job, or delete a finished job's result",
+                    "operationId": "cancel",
+                    "description": "An unfinished job ends `cancelled` and its queued tiles are revoked; "
+                    "a finished job keeps its status (readable until it expires) but its result is deleted.",
+                    "responses": {
+                        "200": _ok("the job after cancelling or deleting", "ResultReply"),
+                        "401": _UNAUTHORIZED,
+                        "404": _NOT_FOUND,
+                        "503": _UNAVAILABLE,
+                    },
+                },
+            },
+            "/result/{task_id}/download": {
+                "parameters": [_TASK_ID],
+                "get": {
+                    "summary": "The upscaled image",
+                    "operationId": "download",
+                    "responses": {
+                        "200": {
+                            "description": "the image; `Content-Disposition` names it `<task_id>.<ext>`",
+                            "content": {
+                                f"image/{kind}": {"schema": {"type": "string", "format": "binary"}}
+                                for kind in ("png", "jpeg", "webp", "tiff")
+                            },
+                        },
+                        "401": _UNAUTHORIZED,
+                        "404": _NOT_FOUND,
+                        "409": _error(
+                            "the job has not succeeded (yet); `detail.status` says where it is (`not_ready`)"
+                        ),
+                        "410": _error("the result was deleted or has expired (`gone`)"),
+                        "503": _UNAVAILABLE,
+                    },
+                },
+            },
+            "/openapi.json": {
+                "get": {
+                    "summary": "This document",
+                    "operationId": "openapi",
+                    "security": _NO_AUTH,
+                    "responses": {
+                        "200": {
+                            "description": "OpenAPI 3.1",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        }
+                    },
+                }
+            },
+            "/ui": {
+                "get": {
+                    "summary": "A small web page to submit images and download results",
+                    "operationId": "ui",
+                    "security": _NO_AUTH,
+                    "responses": {
+                        "200": {
+                            "description": "HTML",
+                            "content": {"text/html": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
+        },
+        "components": {
+            "securitySchemes": {
+                "token": {"type": "apiKey", "in": "header", "name": "X-Token"},
+                "bearer": {"type": "http", "scheme": "bearer"},
+            },
+            "schemas": _schemas(),
+        },
+    }
+
+
+def _submit_schema(settings: Settings) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "description": "Exactly one of `file` and `url`.",
+        "properties": {
+            "file": {
+                "type": "string",
+                "format": "binary",
+                "description": "the image (png, jpeg, webp, tiff, bmp)",
+            },
+            "url": {
+                "type": "string",
+                "format": "uri",
+                "description": "http(s) address of the image; private and loopback addresses are refused",
+            },
+            "model": {
+                "type": "string",
+                "default": DEFAULT_MODEL,
+                "description": "a name from `GET /`",
+            },
+            "scale": {
+                "type": "number",
+                "minimum": MIN_SCALE,
+                "maximum": MAX_SCALE,
+                "description": "default: the model's",
+            },
+            "tile_size": {
+                "oneOf": [
+                    {"type": "integer", "minimum": MIN_TILE, "maximum": MAX_TILE},
+                    {"type": "string", "enum": ["auto"]},
+                ],
+                "default": "auto",
+            },
+            "tile_pad": {
+                "type": "integer",
+                "minimum": 0,
+                "maximum": MAX_PAD,
+                "description": "default: the model's",
+            },
+            "skip_alpha": {
+                "type": "boolean",
+                "default": False,
+                "description": "resize alpha instead of inferring it",
+            },
+            "resize_to": {
+                "type": "string",
+                "pattern": r"^\s*(\d{1,6}\s*[xX*]\s*\d{1,6}|\d{1,4}\s*/\s*\d{1,4})\s*$",
+                "description": "final size `WIDTHxHEIGHT` (0 keeps the aspect) or a ratio such as `1/2`",
+            },
+            "format": {
+                "type": "string",
+                "description": "png, jpg (jpeg), webp or tiff (tif), any case; default: the input's (png for bmp)",
+            },
+            "timeout": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": settings.max_timeout,
+                "default": settings.timeout,
+                "description": "seconds before the job ends `failed`",
+            },
+        },
+    }
+
+
+def _schemas() -> dict[str, Any]:
+    return {
+        "Error": {
+            "type": "object",
+            "required": ["code", "message", "detail"],
+            "properties": {
+                "code": {"type": "string", "description": "stable, for programs"},
+                "message": {"type": "string", "description": "for people"},
+                "detail": {"type": "object", "description": "e.g. `parameter` naming a bad field"},
+            },
+        },
+        "Health": {
+            "type": "object",
+            "required": ["status"],
+            "properties": {"status": {"type": "string", "enum": ["ok", "unavailable"]}},
+        },
+        "Info": {
+            "type": "object",
+            "required": ["message", "version", "models", "workers"],
+            "properties": {
+                "message": {"type": "string"},
+                "version": {"type": "string"},
+                "models": {"type": "array", "items": {"type": "string"}},
+                "workers": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "tile processes up now",
+                },
+            },
+        },
+        "Submitted": {
+            "type": "object",
+            "required": ["task_id", "message"],
+            "properties": {
+                "task_id": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+                "message": {"type": "string"},
+            },
+        },
+        "ResultReply": {
+            "type": "object",
+            "required": ["result"],
+            "properties": {"result": {"$ref": "#/components/schemas/Result"}},
+        },
+        "Result": {
+            "type": "object",
+            "required": ["status", "progress", "model", "created"],
+            "properties": {
+                "status": {"type": "string", "enum": [s.value for s in JobStatus]},
+                "progress": {
+                    "type": "object",
+                    "required": ["done", "total"],
+                    "properties": {"done": {"type": "integer"}, "total": {"type": "integer"}},
+                },
+                "model": {"type": ["string", "null"]},
+                "created": {"type": "number"},
+                "started": {"type": "number"},
+                "finished": {"type": "number"},
+                "size": {"type": "integer", "description": "bytes of the result (success)"},
+                "width": {"type": "integer"},
+                "height": {"type": "integer"},
+                "format": {"type": "string"},
+                "content_type": {"type": "string"},
+                "error": {
+                    "type": "object",
+                    "required": ["code", "message"],
+                    "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+                },
+            },
+        },
+    }

@@ -1,0 +1,213 @@
+"""The routes: parse and check, call one function of :mod:`common`, shape the reply."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, cast
+
+from flask import Blueprint, Response, current_app, g, jsonify, redirect, request
+
+from api import openapi, ui
+from api.auth import authenticate, token_of, token_required
+from api.errors import Gone, NotFound, NotReady, Unavailable
+from api.fetch import fetch
+from api.services import Services
+from common import jobs
+from common.errors import BadParameter, UnsupportedImage
+from common.imageio import extension
+from common.models import DEFAULT_MODEL
+from common.params import parse_params
+from common.store import JobRecord, JobStatus
+
+bp = Blueprint("srcluster", __name__)
+
+JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+"""What :func:`common.jobs.prepare` makes (``uuid4().hex``); anything else never reaches Redis."""
+
+PARAM_FIELDS = ("scale", "tile_size", "tile_pad", "skip_alpha", "resize_to", "format")
+
+
+def services() -> Services:
+    return cast(Services, current_app.extensions["srcluster"])
+
+
+def _json(body: dict[str, Any], status: int = 200) -> Response:
+    response = jsonify(body)
+    response.status_code = status
+    return response
+
+
+# --- service ------------------------------------------------------------------
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    try:
+        services().store.redis.ping()
+    except Exception as exc:  # any failure to answer is "not healthy", never a 500
+        current_app.logger.warning("healthz: redis does not answer: %s", exc)
+        return _json({"status": "unavailable", "redis": "down"}, 503)
+    return _json({"status": "ok"})
+
+
+@bp.get("/")
+def index() -> Response:
+    # a browser arriving without a token gets the page rather than a 401
+    best = request.accept_mimetypes.best_match(["application/json", "text/html"])
+    if token_of(request) is None and best == "text/html":
+        return cast(Response, redirect("/ui", code=302))
+    authenticate(request, services().tokens)
+    svc = services()
+    return _json(
+        {
+            "message": "srcluster is running",
+            "version": svc.version,
+            "models": svc.registry.names(),
+            "workers": svc.store.worker_slots(),
+        }
+    )
+
+
+@bp.get("/openapi.json")
+def openapi_json() -> Response:
+    svc = services()
+    return _json(openapi.document(svc.version, svc.settings))
+
+
+@bp.get("/ui")
+def ui_page() -> Response:
+    response = Response(ui.PAGE, mimetype="text/html")
+    response.headers["Content-Security-Policy"] = ui.CSP
+    return response
+
+
+# --- jobs ---------------------------------------------------------------------
+
+
+def _timeout(raw: str | None) -> int:
+    limit = services().settings.max_timeout
+    if raw is None or raw.strip() == "":
+        return services().settings.timeout
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise BadParameter("timeout must be an integer (seconds)", parameter="timeout") from None
+    if not 1 <= value <= limit:
+        raise BadParameter(
+            f"timeout must be within 1..{limit} seconds", parameter="timeout", value=value
+        )
+    return value
+
+
+def _upload() -> bytes:
+    """The image bytes of ``POST /sr``: the ``file`` upload or what ``url`` points to.
+
+    Raises:
+        BadParameter: both or neither given.
+        UnsupportedImage: an empty file.
+        ImageTooLarge: over ``max_bytes``.
+    """
+    settings = services().settings
+    upload = request.files.get("file")
+    data = b"" if upload is None else upload.stream.read(settings.max_bytes + 1)
+    if upload is not None and not upload.filename and not data:
+        upload = None  # a browser form with no file chosen sends an empty, unnamed part
+    url = request.form.get("url", "").strip()
+    if upload is None and "file" in request.form:
+        raise BadParameter("file must be an uploaded file (multipart/form-data)", parameter="file")
+    if upload is not None and url:
+        raise BadParameter("give either file or url, not both", parameter="file")
+    if upload is None and not url:
+        raise BadParameter(
+            "give the image as a multipart file field 'file' or as 'url'", parameter="file"
+        )
+    if upload is None:
+        data = fetch(url, max_bytes=settings.max_bytes)
+    if not data:
+        raise UnsupportedImage("empty file", parameter="url" if url else "file")
+    return data
+
+
+@bp.post("/sr")
+@token_required
+def submit() -> Response:
+    svc = services()
+    form = request.form
+    params = parse_params(
+        model=form.get("model", "").strip() or DEFAULT_MODEL,
+        **{name: form.get(name) for name in PARAM_FIELDS},
+    )
+    timeout = _timeout(form.get("timeout"))
+    data = _upload()
+    prepared = jobs.prepare(
+        data, params, svc.settings, svc.registry, workers=svc.store.worker_slots()
+    )
+    del data
+    jobs.submit(
+        svc.store,
+        prepared,
+        params,
+        owner=g.caller.owner,
+        owner_name=g.caller.name,
+        timeout=timeout,
+    )
+    try:
+        svc.sender.send_job(prepared.job_id, prepared.plan.task_count)
+    except Exception as exc:
+        current_app.logger.exception("could not queue job %s", prepared.job_id)
+        svc.store.fail(prepared.job_id, "queue_error", "the job could not be queued")
+        raise Unavailable("the task queue does not answer; try again later") from exc
+    response = _json({"task_id": prepared.job_id, "message": "Success"}, 202)
+    response.headers["Location"] = f"/result/{prepared.job_id}"
+    return response
+
+
+def _own_job(job_id: str) -> JobRecord:
+    """The caller's job ``job_id``.
+
+    Raises:
+        NotFound: a malformed id, no such job, or another token's job (all alike).
+    """
+    record = services().store.get(job_id) if JOB_ID.match(job_id) else None
+    if record is None or record.owner != g.caller.owner:
+        raise NotFound("no such job")
+    return record
+
+
+@bp.get("/result/<job_id>")
+@token_required
+def result(job_id: str) -> Response:
+    return _json({"result": _own_job(job_id).public()})
+
+
+@bp.get("/result/<job_id>/download")
+@token_required
+def download(job_id: str) -> Response:
+    record = _own_job(job_id)
+    if record.status is not JobStatus.SUCCESS:
+        raise NotReady(
+            f"the job is {record.status.value}, not success",
+            status=record.status.value,
+            progress={"done": record.done, "total": record.tasks},
+        )
+    data = services().store.result(job_id)
+    if data is None:
+        raise Gone("the result was deleted or has expired", status=record.status.value)
+    fmt = record.output.get("format") or record.plan.get("format") or "png"
+    response = Response(data, mimetype=record.output.get("content_type", "image/png"))
+    response.headers["Content-Disposition"] = f'attachment; filename="{job_id}{extension(fmt)}"'
+    return response
+
+
+@bp.delete("/result/<job_id>")
+@token_required
+def delete(job_id: str) -> Response:
+    svc = services()
+    record = _own_job(job_id)
+    if not record.status.final and svc.store.cancel(job_id):
+        svc.sender.revoke(job_id, record.tasks)
+    else:
+        # finished (perhaps just now): keep the record, drop the result and the rest
+        svc.store.delete(job_id)
+    current = svc.store.get(job_id) or record
+    return _json({"result": current.public()})

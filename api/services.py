@@ -1,0 +1,28 @@
+"""What the routes use, built once per app by :func:`api.create_app`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from api.auth import TokenTable
+from api.celery_client import TaskSender
+from common.models import Registry
+from common.settings import Settings
+from common.store import JobStore
+
+
+@dataclass
+class Services:
+    """What the routes use, built once per app (``app.extensions["srcluster"]``)."""
+
+    settings: Settings
+    tokens: TokenTable
+    store: JobStore
+    registry: Registry
+    sender: TaskSender
+    version: str
+
+    def close(self) -> None:
+        """Release the Redis and broker connections (tests; gunicorn just exits)."""
+        self.sender.close()
+        self.store.redis.close()

@@ -1,0 +1,185 @@
+"""The cluster end to end: real HTTP to the API under gunicorn, real Redis, real Celery workers.
+
+What a user must be able to rely on: an upload gives exactly the local
+pipeline's pixels, whichever workers ran its tiles; progress rises to the tile
+count; a cancelled job stops and its data is gone; nobody reads another's job.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+import redis
+import requests
+
+from common.imageio import decode, encode
+from common.params import parse_params
+from common.pipeline import upscale_bytes
+from common.settings import Settings
+from common.store import JobStore
+from tests.cluster import ApiServer, WorkerProcess, wait_for
+from tests.conftest import ALICE, BOB
+
+COMPACT = "realesr-animevideov3"
+pytestmark = pytest.mark.cluster
+
+
+def submit(api: ApiServer, data: bytes, token: str = ALICE, **fields: Any) -> str:
+    reply = requests.post(
+        api.url + "/sr",
+        headers={"X-Token": token},
+        files={"file": ("input.png", data, "image/png")},
+        data={"model": COMPACT, **{k: str(v) for k, v in fields.items()}},
+        timeout=60,
+    )
+    assert reply.status_code == 202, reply.text
+    body = reply.json()
+    assert body["message"] == "Success"
+    assert reply.headers["Location"].endswith(f"/result/{body['task_id']}")
+    return str(body["task_id"])
+
+
+def result(api: ApiServer, job_id: str, token: str = ALICE) -> dict[str, Any]:
+    reply = requests.get(f"{api.url}/result/{job_id}", headers={"X-Token": token}, timeout=30)
+    assert reply.status_code == 200, reply.text
+    return dict(reply.json()["result"])
+
+
+def wait_done(api: ApiServer, job_id: str, timeout: float = 120) -> dict[str, Any]:
+    def finished() -> dict[str, Any] | None:
+        body = result(api, job_id)
+        return body if body["status"] in ("success", "failed", "cancelled") else None
+
+    body = wait_for(finished, timeout, f"job {job_id}", interval=0.2)
+    assert isinstance(body, dict)
+    return body
+
+
+def download(api: ApiServer, job_id: str, token: str = ALICE) -> requests.Response:
+    return requests.get(
+        f"{api.url}/result/{job_id}/download", headers={"X-Token": token}, timeout=60
+    )
+
+
+def local(settings: Settings, data: bytes, **params: Any) -> np.ndarray:
+    encoded, _ = upscale_bytes(data, parse_params(model=COMPACT, **params), settings)
+    return decode(encoded, 1 << 30).pixels
+
+
+def inputs(photo: np.ndarray) -> dict[str, bytes]:
+    rgb = photo[:70, :90]
+    alpha = np.tile(np.linspace(0, 255, 90, dtype=np.uint8), (70, 1))[..., None]
+    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)[..., None]
+    return {
+        "rgb": encode(rgb, "png"),
+        "rgba": encode(np.dstack([rgb, alpha]), "png"),
+        "rgb16": encode(rgb.astype(np.uint16) * 257 + 7, "png"),
+        "gray": encode(gray, "png"),
+    }
+
+
+@pytest.mark.parametrize("kind", ["rgb", "rgba", "rgb16", "gray"])
+def test_upload_is_pixel_identical_to_local_pipeline(
+    api, worker, cluster_settings, photo, kind
+) -> None:
+    data = inputs(photo)[kind]
+    job_id = submit(api, data, tile_size=32)
+    body = wait_done(api, job_id)
+    assert body["status"] == "success", body
+    assert body["progress"]["done"] == body["progress"]["total"] > 1
+    reply = download(api, job_id)
+    assert reply.status_code == 200
+    assert reply.headers["Content-Type"] == "image/png"
+    remote = decode(reply.content, 1 << 30).pixels
+    expected = local(cluster_settings, data, tile_size=32)
+    assert remote.dtype == expected.dtype and remote.shape == expected.shape
+    np.testing.assert_array_equal(remote, expected)
+    assert (body["width"], body["height"]) == (expected.shape[1], expected.shape[0])
+
+
+def test_scale_resize_and_format_match_local(api, worker, cluster_settings, photo) -> None:
+    data = inputs(photo)["rgba"]
+    job_id = submit(api, data, tile_size=48, scale=3, format="webp", skip_alpha="true")
+    assert wait_done(api, job_id)["status"] == "success"
+    reply = download(api, job_id)
+    assert reply.headers["Content-Type"] == "image/webp"
+    expected, _ = upscale_bytes(
+        data,
+        parse_params(model=COMPACT, tile_size=48, scale=3, format="webp", skip_alpha=True),
+        cluster_settings,
+    )
+    assert reply.content == expected
+
+
+def test_two_workers_share_one_image(api, worker, cluster_settings, logs, photo) -> None:
+    second = WorkerProcess(cluster_settings, "second", logs).wait_ready()
+    try:
+        data = encode(np.resize(photo, (160, 256, 3)).astype(np.uint8), "png")
+        job_id = submit(api, data, tile_size=32)
+        assert wait_done(api, job_id)["status"] == "success"
+        store = JobStore.from_url(cluster_settings.redis_url, 60)
+        ran = store.workers_of(job_id)
+        assert len(ran) == 40
+        assert set(ran.values()) == {worker.hostname, second.hostname}
+        remote = decode(download(api, job_id).content, 1 << 30).pixels
+        np.testing.assert_array_equal(remote, local(cluster_settings, data, tile_size=32))
+    finally:
+        second.stop()
+
+
+def test_progress_rises_to_the_tile_count(api, worker, photo) -> None:
+    data = encode(np.resize(photo, (256, 256, 3)).astype(np.uint8), "png")
+    job_id = submit(api, data, tile_size=32)
+    seen = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        body = result(api, job_id)
+        seen.append(body["progress"]["done"])
+        if body["status"] == "success":
+            break
+        time.sleep(0.05)
+    total = body["progress"]["total"]
+    assert total == 64
+    assert seen == sorted(seen), "progress never goes back"
+    assert seen[-1] == total
+    assert any(0 < done < total for done in seen), f"saw only {sorted(set(seen))}"
+
+
+def test_cancel_stops_a_running_job_and_deletes_its_data(
+    api, worker, cluster_settings, photo
+) -> None:
+    data = encode(np.resize(photo, (384, 384, 3)).astype(np.uint8), "png")
+    job_id = submit(api, data, tile_size=32)
+    wait_for(lambda: result(api, job_id)["progress"]["done"] >= 2, 60, "two tiles done")
+    reply = requests.delete(f"{api.url}/result/{job_id}", headers={"X-Token": ALICE}, timeout=30)
+    assert reply.status_code == 200
+    assert reply.json()["result"]["status"] == "cancelled"
+    done_at_cancel = result(api, job_id)["progress"]["done"]
+    time.sleep(3)
+    body = result(api, job_id)
+    assert body["status"] == "cancelled"
+    assert body["progress"]["done"] <= done_at_cancel + 1, "at most the tile in flight finishes"
+    assert body["progress"]["total"] == 144
+    client = redis.Redis.from_url(cluster_settings.redis_url)
+    leftovers = [k.decode() for k in client.scan_iter(match=f"srcluster:job:{job_id}:*")]
+    assert not [k for k in leftovers if ":in:" in k or ":out:" in k or k.endswith(":result")]
+    assert download(api, job_id).status_code == 409
+
+
+def test_another_token_sees_nothing(api, worker, photo) -> None:
+    job_id = submit(api, inputs(photo)["rgb"], tile_size=32)
+    wait_done(api, job_id)
+    for method, path in (("GET", ""), ("GET", "/download"), ("DELETE", "")):
+        reply = requests.request(
+            method, f"{api.url}/result/{job_id}{path}", headers={"X-Token": BOB}, timeout=30
+        )
+        missing = requests.request(
+            method, f"{api.url}/result/{'0' * 32}{path}", headers={"X-Token": BOB}, timeout=30
+        )
+        assert reply.status_code == missing.status_code == 404
+        assert reply.json() == missing.json()
+    assert download(api, job_id).status_code == 200, "the owner still has it"
