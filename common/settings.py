@@ -19,6 +19,14 @@ from common.errors import ConfigError
 ENV_PREFIX = "SRCLUSTER_"
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (a container's or taskset's limit, not the host's)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def _default_data_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "srcluster"
@@ -115,7 +123,7 @@ class Settings:
 
     @property
     def inference_threads(self) -> int:
-        return self.threads if self.threads > 0 else (os.cpu_count() or 1)
+        return self.threads if self.threads > 0 else available_cores()
 
     def token_names(self) -> dict[str, str]:
         """Map each configured token to its name.

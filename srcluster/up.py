@@ -144,7 +144,9 @@ def up(settings: Settings, processes: int = 1, flower: bool = True, port: int | 
     def on_signal(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
 
+    # also SIGINT: a shell starts background jobs with SIGINT ignored, and we want Ctrl-C/kill -INT
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     try:
         s = cluster.start()
         cluster.wait_healthy()

@@ -18,7 +18,7 @@ from typing import Any
 from celery import signals
 
 from common import jobs
-from common.settings import Settings
+from common.settings import Settings, available_cores
 from common.store import JobStore
 from worker.app import app
 
@@ -31,7 +31,7 @@ def settings() -> Settings:
         base: Settings = app.conf.srcluster_settings
         if base.threads == 0:
             processes = int(os.environ.get("SRCLUSTER_WORKER_PROCESSES", "1"))
-            base = dataclasses.replace(base, threads=max(1, (os.cpu_count() or 1) // processes))
+            base = dataclasses.replace(base, threads=max(1, available_cores() // processes))
         _state["settings"] = base
     result: Settings = _state["settings"]
     return result
