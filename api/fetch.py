@@ -114,7 +114,10 @@ def fetch(
         if status in _REDIRECTS:
             if not location:
                 raise _refuse(f"the url answered HTTP {status} without a Location", url)
-            current = urljoin(current, location)
+            try:
+                current = urljoin(current, location)
+            except ValueError:  # e.g. "Invalid IPv6 URL"
+                raise _refuse("the url redirected to a malformed address", url) from None
             continue
         if status != 200:
             raise _refuse(f"the url answered HTTP {status}", url)
@@ -125,7 +128,10 @@ def fetch(
 def _get(
     url: str, max_bytes: int, deadline: float, resolver: Resolver, allowed: AddressCheck
 ) -> tuple[int, str | None, bytes]:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # "Invalid IPv6 URL", a netloc that NFKC normalization changes
+        raise _refuse("the url is malformed", url) from None
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https"):
         raise _refuse("the url must be http or https", url)

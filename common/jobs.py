@@ -12,6 +12,7 @@ atomic and ``success`` is final).
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -131,7 +132,7 @@ def run_tile(store: JobStore, settings: Settings, job_id: str, task: int, worker
     if time.time() > record.deadline:
         store.fail(job_id, "timeout", "the job ran past its timeout")
         return tile_result(job_id, task)
-    deliveries = store.count_delivery(job_id, task)
+    deliveries = store.count_delivery(job_id, task, f"{worker}:{os.getpid()}")
     if deliveries > settings.max_deliveries:
         store.fail(
             job_id,
@@ -218,6 +219,29 @@ def stitch(store: JobStore, settings: Settings, job_id: str) -> bool:
     if ended:
         store.redis.hincrby(store.key(job_id), "stitches", 1)
     return ended
+
+
+def unstitched(store: JobStore, grace: float, now: float | None = None) -> list[str]:
+    """Ids of unfinished jobs whose tiles all landed over ``grace`` seconds ago, unstitched.
+
+    Celery's chord fires the stitch from its own bookkeeping in the result backend;
+    a Redis restart or a result that could not be stored leaves it unable to fire
+    (``ChordError``) though every tile is done. The janitor sends those jobs a
+    stitch again (stitching twice is harmless: ``success`` is final), and records
+    when, so it asks once per ``grace``.
+    """
+    now = time.time() if now is None else now
+    found = []
+    for job_id in store.unfinished():
+        record = store.get(job_id)
+        if record is None or record.completed is None or now - record.completed < grace:
+            continue
+        asked = store.redis.hget(store.key(job_id), "stitch_requested")
+        if asked is not None and now - float(asked) < grace:
+            continue
+        store.redis.hset(store.key(job_id), "stitch_requested", now)
+        found.append(job_id)
+    return found
 
 
 def reap(store: JobStore, now: float | None = None) -> list[str]:

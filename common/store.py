@@ -10,6 +10,7 @@ Keys (``P`` = ``srcluster:job:<id>``)::
     P:result        the encoded final image
     P:deliveries    hash task -> deliveries so far (a poison tile fails its job, it does not loop)
     P:workers       hash task -> the worker that ran it
+    P:running       hash task -> the process (host:pid) that last started it
     srcluster:active  sorted set of unfinished job ids, scored by deadline (for the periodic check)
 
 Arrays travel as ``.npy`` bytes (dtype, shape, data; never pickles), not PNG:
@@ -81,9 +82,11 @@ return 1
 """
 
 
-# KEYS: job hash, output key, done set, workers hash; ARGV: output, task, worker, ttl.
+# KEYS: job hash, output key, done set, workers hash; ARGV: output, task, worker, ttl, now.
 # Stores a task's output only while its job is unfinished (a tile finishing after a
-# cancel must not leave data behind). Returns the tasks done, or -1 if the job ended.
+# cancel must not leave data behind), and notes when the last tile landed, so the
+# janitor can tell a job whose stitch never came. Returns the tasks done, or -1 if
+# the job has ended.
 _FINISH_TASK = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= 'pending' and status ~= 'processing' then return -1 end
@@ -93,7 +96,11 @@ redis.call('SADD', KEYS[3], ARGV[2])
 redis.call('EXPIRE', KEYS[3], ttl)
 redis.call('HSET', KEYS[4], ARGV[2], ARGV[3])
 redis.call('EXPIRE', KEYS[4], ttl)
-return redis.call('SCARD', KEYS[3])
+local done = redis.call('SCARD', KEYS[3])
+if done >= tonumber(redis.call('HGET', KEYS[1], 'tasks')) then
+  redis.call('HSETNX', KEYS[1], 'completed', ARGV[5])
+end
+return done
 """
 
 
@@ -131,6 +138,8 @@ class JobRecord:
     done: int = 0
     started: float | None = None
     finished: float | None = None
+    completed: float | None = None
+    """When the last tile landed (the stitch should follow)."""
     error: str | None = None
     error_code: str | None = None
     output: dict[str, Any] = field(default_factory=dict)
@@ -236,6 +245,7 @@ class JobStore:
             done=int(done),
             started=float(fields["started"]) if "started" in fields else None,
             finished=float(fields["finished"]) if "finished" in fields else None,
+            completed=float(fields["completed"]) if "completed" in fields else None,
             error=fields.get("error"),
             error_code=fields.get("error_code"),
             output=output,
@@ -350,7 +360,7 @@ class JobStore:
             self.key(job_id, "done"),
             self.key(job_id, "workers"),
         ]
-        done: int = self._finish_task(keys=keys, args=[output, task, worker, self.ttl])
+        done: int = self._finish_task(keys=keys, args=[output, task, worker, self.ttl, time.time()])
         return done
 
     def read_outputs(self, job_id: str, tasks: int) -> list[bytes | None]:
@@ -359,13 +369,20 @@ class JobStore:
         )
         return values
 
-    def count_delivery(self, job_id: str, task: int) -> int:
-        """Count one more delivery of a task; returns the count including this one."""
+    def count_delivery(self, job_id: str, task: int, runner: str) -> int:
+        """Count one more delivery of a task, run by ``runner`` (``host:pid``); returns the count."""
         pipe = self.redis.pipeline(transaction=True)
         pipe.hincrby(self.key(job_id, "deliveries"), str(task), 1)
         pipe.expire(self.key(job_id, "deliveries"), self.ttl)
+        pipe.hset(self.key(job_id, "running"), str(task), runner)
+        pipe.expire(self.key(job_id, "running"), self.ttl)
         count: int = pipe.execute()[0]
         return count
+
+    def runner_of(self, job_id: str, task: int) -> str | None:
+        """The ``host:pid`` that last started a task."""
+        value = self.redis.hget(self.key(job_id, "running"), str(task))
+        return None if value is None else str(value.decode())
 
     def workers_of(self, job_id: str) -> dict[int, str]:
         """Which worker ran each finished task."""
@@ -377,6 +394,10 @@ class JobStore:
         return value
 
     # --- the periodic check ---------------------------------------------------------
+
+    def unfinished(self) -> list[str]:
+        """Ids of every job not yet ended."""
+        return [k.decode()[len(PREFIX) :] for k in self.redis.zrange(ACTIVE, 0, -1)]
 
     def overdue(self, now: float | None = None) -> list[str]:
         """Ids of unfinished jobs past their deadline."""

@@ -83,6 +83,9 @@ def _janitor(name: str, slots: int) -> None:
             janitor_store.announce_worker(name, slots, ttl=3 * s.janitor_interval)
             for job_id in jobs.reap(janitor_store):
                 log.warning("job %s ended failed: past its timeout", job_id)
+            for job_id in jobs.unstitched(janitor_store, grace=max(5.0, 2.0 * s.janitor_interval)):
+                log.warning("job %s: every tile is done but no stitch came; sending one", job_id)
+                app.send_task("srcluster.stitch", args=([], job_id), queue=s.stitch_queue)
         except Exception:  # Redis restarting: try again next round
             log.warning("janitor round failed", exc_info=True)
         time.sleep(s.janitor_interval)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery.exceptions import SoftTimeLimitExceeded
+import redis
+from celery.exceptions import Reject, SoftTimeLimitExceeded
 
 from common import jobs
 from worker.app import app
@@ -20,6 +21,10 @@ def upscale_tile(self: Any, job_id: str, task: int) -> str:
     """Infer task ``task`` of job ``job_id``; returns a deterministic key, never raises."""
     try:
         return jobs.run_tile(store(), settings(), job_id, task, self.request.hostname)
+    except (redis.ConnectionError, redis.TimeoutError) as error:
+        # Redis is restarting: the job is not at fault; give the message back (or, if
+        # even that fails, the broker restores it after the visibility timeout)
+        raise Reject(f"Redis unavailable: {error}", requeue=True) from error
     except SoftTimeLimitExceeded:
         store().fail(job_id, "tile_timeout", f"tile {task} ran past {LIMIT * 0.9:.0f} s")
     except Exception as error:  # a failed tile must end its job, not leave it waiting
@@ -35,6 +40,8 @@ def stitch(self: Any, results: list[str], job_id: str) -> None:
         jobs.stitch(store(), settings(), job_id)
     except jobs.NotReady:
         raise self.retry(countdown=1) from None
+    except (redis.ConnectionError, redis.TimeoutError) as error:
+        raise Reject(f"Redis unavailable: {error}", requeue=True) from error
     except Exception as error:
         log.exception("stitch of job %s failed", job_id)
         store().fail(job_id, "internal", f"stitching failed: {type(error).__name__}: {error}")

@@ -1,0 +1,321 @@
+"""A corpus of bad requests against the API, each with the exact 4xx it must get.
+
+Data, not code: each :class:`BadRequest` says what to send and what must come
+back. ``tests/test_bad_input.py`` sends them to the API under gunicorn over real
+HTTP. Placeholders in ``path`` and in form values are filled in at run time:
+``{alice_job}`` (a real job of ALICE's), ``{pending_job}`` (a pending job of
+ALICE's that never runs) and ``{api}`` (the API's own address, on 127.0.0.1).
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from common.imageio import encode
+from common.settings import DEFAULT_MAX_BYTES
+from tests.conftest import ALICE, BOB
+
+COMPACT = "realesr-animevideov3"
+
+Payload = bytes | Callable[[], bytes]
+"""A file's bytes, or a function making them (for the big ones, built only when sent)."""
+
+
+# --- payloads ------------------------------------------------------------------------
+
+
+def _pixels(h: int = 24, w: int = 24) -> np.ndarray:
+    rng = np.random.default_rng(7)
+    return rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    crc = zlib.crc32(kind + payload) & 0xFFFFFFFF
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A well-formed PNG (valid CRCs) whose IHDR claims ``width`` x ``height`` RGB pixels.
+
+    The IDAT holds a few compressed rows only: a decoder that trusts the header
+    and allocates first is the decompression bomb's victim.
+    """
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * (3 * 64 + 1) * 4, 9)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", idat)
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+PNG = encode(_pixels(), "png")
+JPEG = encode(_pixels(), "jpeg")
+TRUNCATED_PNG = PNG[: len(PNG) // 2]
+TRUNCATED_JPEG = JPEG[: len(JPEG) // 2]
+TEXT = b"hello, this is a plain text file and not an image at all\n" * 4
+SVG = (
+    b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg" width="24" height="24">'
+    b'<rect width="24" height="24" fill="red"/></svg>\n'
+)
+HTML = b"<!doctype html><html><body><img src=x onerror=alert(1)></body></html>"
+GIF = b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;"
+BOMB = png_claiming(100_000, 100_000)
+ZERO_WIDTH = png_claiming(0, 24)
+
+
+def over_the_byte_limit() -> bytes:
+    """One byte over the default upload limit, starting like a PNG."""
+    return PNG[:16] + b"\x00" * (DEFAULT_MAX_BYTES + 1 - 16)
+
+
+# --- the cases -------------------------------------------------------------------
+
+
+ALICE_AUTH = {"X-Token": ALICE}
+BOB_AUTH = {"X-Token": BOB}
+ZEROS = "0" * 32
+
+
+@dataclass(frozen=True)
+class BadRequest:
+    name: str
+    status: int
+    code: str
+    method: str = "POST"
+    path: str = "/sr"
+    headers: dict[str, str] = field(default_factory=lambda: dict(ALICE_AUTH))
+    form: dict[str, str] = field(default_factory=lambda: {"model": COMPACT})
+    files: dict[str, tuple[str, Payload, str]] = field(default_factory=dict)
+    body: bytes | None = None
+    """Sent as is (no form, no files), with ``headers``."""
+    raw: bool = False
+    """Sent with http.client: the path exactly as written (no dot-segment clean-up) and
+    the headers as given (a ``Content-Length`` that the body does not match)."""
+    parameter: str | None = None
+    """``detail["parameter"]`` the reply must name."""
+
+
+def image(data: Payload, name: str = "in.png", mime: str = "image/png") -> dict[str, Any]:
+    return {"file": (name, data, mime)}
+
+
+def param(name: str, value: str, code: str = "bad_parameter") -> BadRequest:
+    """A good image with one bad form field (422 naming it)."""
+    return BadRequest(
+        name=f"{name}={value!r}",
+        status=422,
+        code=code,
+        form={"model": COMPACT, name: value},
+        files=image(PNG),
+        parameter=name,
+    )
+
+
+def url(name: str, value: str) -> BadRequest:
+    """No file, and a ``url`` the fetcher must refuse without fetching."""
+    return BadRequest(
+        name=name,
+        status=422,
+        code="bad_parameter",
+        form={"model": COMPACT, "url": value},
+        parameter="url",
+    )
+
+
+CASES: list[BadRequest] = [
+    # --- who is calling
+    BadRequest("no token", 401, "unauthorized", headers={}, files=image(PNG)),
+    BadRequest("wrong token", 401, "unauthorized", headers={"X-Token": "x" * 32}, files=image(PNG)),
+    BadRequest("blank token", 401, "unauthorized", headers={"X-Token": " "}, raw=True),
+    BadRequest(
+        "wrong bearer", 401, "unauthorized", headers={"Authorization": "Bearer " + "y" * 32}
+    ),
+    BadRequest(
+        "basic auth is not a token",
+        401,
+        "unauthorized",
+        headers={"Authorization": "Basic YWxpY2U6c2VjcmV0"},
+    ),
+    BadRequest("token prefix of a real one", 401, "unauthorized", headers={"X-Token": ALICE[:-1]}),
+    BadRequest("no token on result", 401, "unauthorized", "GET", f"/result/{ZEROS}", headers={}),
+    BadRequest("no token on delete", 401, "unauthorized", "DELETE", "/result/{alice_job}", {}),
+    # --- the image: where it comes from
+    BadRequest("empty body", 422, "bad_parameter", form={}, parameter="file"),
+    BadRequest("neither file nor url", 422, "bad_parameter", parameter="file"),
+    BadRequest(
+        "both file and url",
+        422,
+        "bad_parameter",
+        form={"model": COMPACT, "url": "https://example.com/a.png"},
+        files=image(PNG),
+        parameter="file",
+    ),
+    BadRequest(
+        "file as a plain form field",
+        422,
+        "bad_parameter",
+        form={"model": COMPACT, "file": "iVBORw0KGgo="},
+        parameter="file",
+    ),
+    BadRequest(
+        "json body instead of multipart",
+        422,
+        "bad_parameter",
+        headers={**ALICE_AUTH, "Content-Type": "application/json"},
+        body=b'{"model": "realesr-animevideov3", "url": "https://example.com/a.png"}',
+        parameter="file",
+    ),
+    BadRequest(
+        "multipart without a boundary",
+        422,
+        "bad_parameter",
+        headers={**ALICE_AUTH, "Content-Type": "multipart/form-data"},
+        body=b"--x\r\ncontent-disposition: form-data; name=url\r\n\r\nhttp://a/\r\n--x--\r\n",
+        parameter="file",
+    ),
+    BadRequest(
+        "multipart cut short",
+        422,
+        "bad_parameter",
+        headers={**ALICE_AUTH, "Content-Type": "multipart/form-data; boundary=xyz"},
+        body=b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n\x89PNG',
+        parameter="file",
+    ),
+    # --- the image: what it is
+    BadRequest("zero-byte file", 415, "unsupported_image", files=image(b"", "empty.png")),
+    BadRequest("truncated png", 415, "unsupported_image", files=image(TRUNCATED_PNG)),
+    BadRequest(
+        "truncated jpeg",
+        415,
+        "unsupported_image",
+        files=image(TRUNCATED_JPEG, "in.jpg", "image/jpeg"),
+    ),
+    BadRequest("text named .png", 415, "unsupported_image", files=image(TEXT)),
+    BadRequest("svg", 415, "unsupported_image", files=image(SVG, "in.svg", "image/svg+xml")),
+    BadRequest("html named .png", 415, "unsupported_image", files=image(HTML)),
+    BadRequest("gif input", 415, "unsupported_image", files=image(GIF, "in.gif", "image/gif")),
+    BadRequest("png of zero width", 415, "unsupported_image", files=image(ZERO_WIDTH)),
+    BadRequest("decompression bomb 100000x100000", 413, "too_large", files=image(BOMB)),
+    BadRequest(
+        "file one byte over the limit",
+        413,
+        "too_large",
+        files=image(over_the_byte_limit),
+    ),
+    BadRequest(
+        "content-length over the limit",
+        413,
+        "too_large",
+        headers={
+            **ALICE_AUTH,
+            "Content-Type": "multipart/form-data; boundary=xyz",
+            "Content-Length": str(DEFAULT_MAX_BYTES + 10**6),
+        },
+        body=b"--xyz\r\n",
+        raw=True,
+    ),
+    # --- parameters
+    param("model", "no-such-model", code="unknown_model"),
+    param("model", "../../etc/passwd", code="unknown_model"),
+    param("scale", "1"),
+    param("scale", "9"),
+    param("scale", "nan"),
+    param("scale", "inf"),
+    param("scale", "two"),
+    param("tile_size", "0"),
+    param("tile_size", "99999"),
+    param("tile_size", "64.5"),
+    param("tile_pad", "-1"),
+    param("tile_pad", "129"),
+    param("tile_pad", "wide"),
+    param("skip_alpha", "maybe"),
+    param("resize_to", "abc"),
+    param("resize_to", "0x0"),
+    param("resize_to", "1/0"),
+    param("resize_to", "0/3"),
+    param("resize_to", "-5x10"),
+    param("format", "gif"),
+    param("format", "../png"),
+    param("timeout", "-1"),
+    param("timeout", "0"),
+    param("timeout", "3601"),
+    param("timeout", "1.5"),
+    # --- url: refused before anything is fetched
+    url("url file://", "file:///etc/passwd"),
+    url("url ftp://", "ftp://example.com/a.png"),
+    url("url gopher://", "gopher://127.0.0.1:6379/_FLUSHALL"),
+    url("url to 127.0.0.1 (the API itself)", "{api}/healthz"),
+    url("url to localhost", "http://localhost/a.png"),
+    url("url to [::1]", "http://[::1]/a.png"),
+    url("url to 0.0.0.0", "http://0.0.0.0/a.png"),
+    url("url to decimal 127.0.0.1", "http://2130706433/a.png"),
+    url("url to cloud metadata", "http://169.254.169.254/latest/meta-data/"),
+    url("url to 10/8", "http://10.0.0.1/a.png"),
+    url("url with credentials", "http://user:secret@example.com/a.png"),
+    url("url without host", "http:///a.png"),
+    url("url with a bad port", "http://example.com:99999/a.png"),
+    url("url with a broken ipv6 host", "http://[::1/a.png"),
+    url("url with a host NFKC breaks", "http://a\u2100b/a.png"),
+    url("url not a url", "not a url"),
+    # --- jobs: ids, owners, states
+    BadRequest("unknown task id", 404, "not_found", "GET", f"/result/{ZEROS}"),
+    BadRequest("unknown task id: download", 404, "not_found", "GET", f"/result/{ZEROS}/download"),
+    BadRequest("unknown task id: delete", 404, "not_found", "DELETE", f"/result/{ZEROS}"),
+    BadRequest("malformed task id", 404, "not_found", "GET", "/result/xyz"),
+    BadRequest("upper-case task id", 404, "not_found", "GET", "/result/" + "A" * 32),
+    BadRequest("another token's task", 404, "not_found", "GET", "/result/{alice_job}", BOB_AUTH),
+    BadRequest(
+        "another token's download",
+        404,
+        "not_found",
+        "GET",
+        "/result/{alice_job}/download",
+        BOB_AUTH,
+    ),
+    BadRequest(
+        "another token's delete", 404, "not_found", "DELETE", "/result/{alice_job}", BOB_AUTH
+    ),
+    BadRequest(
+        "download before success", 409, "not_ready", "GET", "/result/{pending_job}/download"
+    ),
+    BadRequest(
+        "path-like id ../../etc/passwd",
+        404,
+        "not_found",
+        "GET",
+        "/result/../../etc/passwd",
+        raw=True,
+    ),
+    BadRequest(
+        "url-encoded path-like id",
+        404,
+        "not_found",
+        "GET",
+        "/result/..%2F..%2Fetc%2Fpasswd",
+        raw=True,
+    ),
+    BadRequest(
+        "url-encoded path-like id: download",
+        404,
+        "not_found",
+        "GET",
+        "/result/..%2F..%2Fetc%2Fpasswd/download",
+        raw=True,
+    ),
+    BadRequest("id with a NUL", 404, "not_found", "GET", f"/result/{ZEROS}%00", raw=True),
+    # --- routes and methods
+    BadRequest("GET /sr", 405, "method_not_allowed", "GET", "/sr"),
+    BadRequest("PUT /sr", 405, "method_not_allowed", "PUT", "/sr"),
+    BadRequest("POST /result/x", 405, "method_not_allowed", "POST", "/result/x"),
+    BadRequest("POST /healthz", 405, "method_not_allowed", "POST", "/healthz"),
+    BadRequest("unknown route", 404, "not_found", "GET", "/admin"),
+    BadRequest("unknown route under /result", 404, "not_found", "GET", f"/result/{ZEROS}/x/y"),
+]

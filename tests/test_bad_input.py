@@ -1,0 +1,201 @@
+"""Every bad request in ``tests/bad_requests.py`` gets its exact 4xx as JSON, never a 5xx.
+
+Sent over real HTTP to the API under gunicorn while a real worker runs; a job
+submitted before the corpus and one after both still succeed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import http.client
+import http.server
+import json
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+
+from api import create_app, routes
+from api.fetch import fetch
+from common.settings import DEFAULT_MAX_BYTES, Settings
+from common.store import JobStore, token_hash
+from tests.bad_requests import CASES, COMPACT, PNG, BadRequest
+from tests.cluster import ApiServer
+from tests.conftest import ALICE
+from tests.test_cluster import download, submit, wait_done
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture(scope="module")
+def jobs(api: ApiServer, worker: Any, cluster_settings: Settings) -> Iterator[dict[str, str]]:
+    """The placeholders of the corpus: a real job of ALICE's (submitted before any bad
+    request), a pending job of ALICE's that never runs, and the API's address."""
+    assert cluster_settings.max_bytes == DEFAULT_MAX_BYTES, "the corpus's limits are the defaults"
+    before = submit(api, PNG, tile_size=32)
+    store = JobStore.from_url(cluster_settings.redis_url, cluster_settings.result_ttl)
+    pending = "f" * 32
+    store.create(
+        pending,
+        owner=token_hash(ALICE),
+        owner_name="alice",
+        params={"model": COMPACT},
+        plan={},
+        inputs=[],
+        extras={},
+        timeout=cluster_settings.max_timeout,
+    )
+    yield {"alice_job": before, "pending_job": pending, "api": api.url}
+    store.cancel(pending)
+    store.delete(pending)
+    store.redis.close()
+
+
+def send(api: ApiServer, case: BadRequest, values: dict[str, str]) -> tuple[int, str, bytes]:
+    """Send ``case``; its status, Content-Type and body."""
+    path = case.path.format_map(values)
+    if case.raw:
+        conn = http.client.HTTPConnection("127.0.0.1", api.port, timeout=60)
+        try:
+            conn.request(case.method, path, body=case.body, headers=case.headers)
+            reply = conn.getresponse()
+            return reply.status, reply.getheader("Content-Type", ""), reply.read()
+        finally:
+            conn.close()
+    kwargs: dict[str, Any] = {"headers": case.headers, "timeout": 60}
+    if case.body is not None:
+        kwargs["data"] = case.body
+    elif case.method in ("POST", "PUT"):
+        kwargs["data"] = {k: v.format_map(values) for k, v in case.form.items()}
+        if case.files:
+            kwargs["files"] = {
+                name: (filename, data() if callable(data) else data, mime)
+                for name, (filename, data, mime) in case.files.items()
+            }
+    reply = requests.request(case.method, api.url + path, **kwargs)
+    return reply.status_code, reply.headers.get("Content-Type", ""), reply.content
+
+
+def test_the_corpus_is_big_and_named_uniquely() -> None:
+    assert len(CASES) >= 30
+    names = [case.name for case in CASES]
+    assert len(names) == len(set(names))
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_bad_request_gets_its_exact_4xx(
+    api: ApiServer, jobs: dict[str, str], case: BadRequest
+) -> None:
+    status, content_type, raw = send(api, case, jobs)
+    assert status < 500, f"{case.name}: server error {status}: {raw[:500]!r}"
+    assert status == case.status, f"{case.name}: {status} {raw[:500]!r}"
+    assert content_type.split(";")[0] == "application/json", (case.name, content_type)
+    body = json.loads(raw)
+    assert set(body) == {"code", "message", "detail"}, body
+    assert body["code"] == case.code, body
+    assert isinstance(body["message"], str) and body["message"].strip(), body
+    assert isinstance(body["detail"], dict), body
+    if case.parameter is not None:
+        assert body["detail"].get("parameter") == case.parameter, body
+
+
+def test_jobs_before_and_after_the_corpus_succeed(
+    api: ApiServer, jobs: dict[str, str], cluster_settings: Settings
+) -> None:
+    after = submit(api, PNG, tile_size=32)
+    for job_id in (jobs["alice_job"], after):
+        body = wait_done(api, job_id)
+        assert body["status"] == "success", body
+        assert (body["width"], body["height"]) == (96, 96)
+        reply = download(api, job_id)
+        assert reply.status_code == 200
+        assert reply.headers["Content-Type"] == "image/png"
+    assert "unexpected error" not in api.log.read_text(errors="replace")
+
+
+# --- a redirect to loopback, through the API -------------------------------------------
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    hits: list[str] = []  # noqa: RUF012 (one list for the test's two servers)
+    target = ""
+
+    def do_GET(self) -> None:
+        self.hits.append(f"{self.server.server_address[0]}{self.path}")
+        if self.path in ("/go", "/broken"):
+            self.send_response(302)
+            self.send_header("Location", self.target if self.path == "/go" else "http://[::1/a")
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        self.send_header("Content-Length", str(len(PNG)))
+        self.end_headers()
+        self.wfile.write(PNG)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def two_servers() -> Iterator[tuple[str, str]]:
+    """An image server on 127.0.0.1 and a redirector on 127.0.0.2 (another loopback address)."""
+    servers = []
+    for host in ("127.0.0.1", "127.0.0.2"):
+        try:
+            server = http.server.ThreadingHTTPServer((host, 0), _Handler)
+        except OSError as exc:
+            for started in servers:
+                started.shutdown()
+                started.server_close()
+            pytest.skip(f"cannot listen on {host}: {exc}")
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+    _Handler.hits = []
+    image, redirector = (f"http://{s.server_address[0]}:{s.server_address[1]}" for s in servers)
+    yield image, redirector
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def test_redirect_to_loopback_is_refused(
+    cluster_settings: Settings, two_servers: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first hop (127.0.0.2) is let through for the test; its redirect to 127.0.0.1 is not."""
+    image, redirector = two_servers
+    _Handler.target = image + "/a.png"
+    allowed = functools.partial(fetch, allowed=lambda address: address == "127.0.0.2")
+    monkeypatch.setattr(routes, "fetch", allowed)
+    app = create_app(dataclasses.replace(cluster_settings))
+    try:
+        client = app.test_client()
+        # the first hop alone would be fetched: proof the allowance works
+        assert allowed(redirector + "/a.png", max_bytes=10**6) == PNG
+        start = time.monotonic()
+        reply = client.post(
+            "/sr",
+            data={"model": COMPACT, "url": redirector + "/go"},
+            headers={"X-Token": ALICE},
+        )
+        assert time.monotonic() - start < 10
+        assert reply.status_code == 422, reply.json
+        assert reply.json["code"] == "bad_parameter"
+        assert reply.json["detail"]["parameter"] == "url"
+        assert "non-public" in reply.json["message"]
+        host = redirector.removeprefix("http://").split(":")[0]
+        assert _Handler.hits == [f"{host}/a.png", f"{host}/go"], "127.0.0.1 was never asked"
+        # a redirect to a malformed address is refused too (it was a 500)
+        reply = client.post(
+            "/sr",
+            data={"model": COMPACT, "url": redirector + "/broken"},
+            headers={"X-Token": ALICE},
+        )
+        assert reply.status_code == 422, reply.json
+        assert reply.json["detail"]["parameter"] == "url"
+    finally:
+        app.extensions["srcluster"].close()

@@ -1,0 +1,252 @@
+"""Faults survived, nothing lost: real SIGKILLs, a real Redis restart, real lost messages.
+
+The module has its own Redis and API (the session's cluster must not see these
+kills) and a short visibility timeout, so a message held by a dead worker comes
+back within seconds instead of the production default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+import requests
+
+from common.embedded import EmbeddedRedis
+from common.imageio import decode, encode
+from common.params import parse_params
+from common.pipeline import upscale_bytes
+from common.settings import Settings
+from common.store import JobStore
+from tests.cluster import ApiServer, WorkerProcess, wait_for
+from tests.conftest import ALICE
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+COMPACT = "realesr-animevideov3"
+TILE = 256  # ~0.5 s a tile on this CPU: long enough to be caught mid-tile
+
+
+@pytest.fixture(scope="module")
+def fault_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    server = EmbeddedRedis(tmp_path_factory.mktemp("fault-redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def fault_settings(cluster_settings: Settings, fault_redis: EmbeddedRedis) -> Settings:
+    return dataclasses.replace(
+        cluster_settings,
+        redis_url=fault_redis.url,
+        visibility_timeout=6,
+        max_deliveries=3,
+        threads=2,
+    )
+
+
+@pytest.fixture(scope="module")
+def fault_api(
+    fault_settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ApiServer]:
+    server = ApiServer(fault_settings, tmp_path_factory.mktemp("fault-api")).wait_ready()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def start_worker(fault_settings: Settings, tmp_path: Path) -> Iterator[Any]:
+    started: list[WorkerProcess] = []
+
+    def start(name: str, **changes: Any) -> WorkerProcess:
+        settings = dataclasses.replace(fault_settings, **changes)
+        process = WorkerProcess(settings, name, tmp_path).wait_ready()
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+@pytest.fixture
+def store(fault_settings: Settings) -> JobStore:
+    return JobStore.from_url(fault_settings.redis_url, 60)
+
+
+def image(width: int = 768, height: int = 512, seed: int = 0) -> bytes:
+    photo = np.random.default_rng(seed).integers(
+        0, 255, size=(height // 8, width // 8, 3), dtype=np.uint8
+    )
+    return encode(np.kron(photo, np.ones((8, 8, 1), np.uint8)), "png")
+
+
+def submit(api: ApiServer, data: bytes, **fields: Any) -> str:
+    reply = requests.post(
+        api.url + "/sr",
+        headers={"X-Token": ALICE},
+        files={"file": ("in.png", data)},
+        data={"model": COMPACT, "tile_size": str(TILE), **{k: str(v) for k, v in fields.items()}},
+        timeout=60,
+    )
+    assert reply.status_code == 202, reply.text
+    return str(reply.json()["task_id"])
+
+
+def final(store: JobStore, job_id: str, timeout: float = 120) -> Any:
+    def ended() -> Any:
+        record = store.get(job_id)
+        return record if record is not None and record.status.final else None
+
+    return wait_for(ended, timeout, f"job {job_id} to end", interval=0.1)
+
+
+def in_flight(store: JobStore, job_id: str) -> int | None:
+    """A task that has started (its delivery was counted) and not finished, if any."""
+    started = {int(k) for k in store.redis.hkeys(store.key(job_id, "deliveries"))}
+    done = {int(v) for v in store.redis.smembers(store.key(job_id, "done"))}
+    running = started - done
+    return min(running) if running else None
+
+
+def assert_identical_and_stitched_once(
+    api: ApiServer, store: JobStore, job_id: str, data: bytes, settings: Settings
+) -> None:
+    record = final(store, job_id)
+    assert record.status.value == "success", record
+    reply = requests.get(
+        f"{api.url}/result/{job_id}/download", headers={"X-Token": ALICE}, timeout=60
+    )
+    assert reply.status_code == 200
+    expected, _ = upscale_bytes(data, parse_params(model=COMPACT, tile_size=TILE), settings)
+    np.testing.assert_array_equal(
+        decode(reply.content, 1 << 30).pixels, decode(expected, 1 << 30).pixels
+    )
+    assert int(store.redis.hget(store.key(job_id), "stitches")) == 1
+
+
+def test_pool_child_killed_mid_tile(fault_api, fault_settings, store, start_worker) -> None:
+    worker = start_worker("child")
+    data = image()
+    job_id = submit(fault_api, data)
+    task = wait_for(lambda: in_flight(store, job_id), 60, "a tile in flight")
+    for child in worker.children():
+        os.kill(child, signal.SIGKILL)
+    assert_identical_and_stitched_once(fault_api, store, job_id, data, fault_settings)
+    assert int(store.redis.hget(store.key(job_id, "deliveries"), str(task))) >= 2, (
+        "the tile was re-run"
+    )
+
+
+def test_whole_worker_killed_mid_image(fault_api, fault_settings, store, start_worker) -> None:
+    doomed = start_worker("doomed")
+    survivor = start_worker("survivor")
+    data = image(seed=1)
+    job_id = submit(fault_api, data)
+    wait_for(
+        lambda: in_flight(store, job_id) is not None and store.get(job_id).done >= 1,
+        60,
+        "work under way",
+    )
+    doomed.kill()
+    assert_identical_and_stitched_once(fault_api, store, job_id, data, fault_settings)
+    assert survivor.process.poll() is None
+
+
+def test_redis_restart_with_jobs_queued(
+    fault_api, fault_redis, fault_settings, store, start_worker
+) -> None:
+    start_worker("steady")
+    jobs = [submit(fault_api, image(384, 256, seed=s)) for s in range(3)]
+    fault_redis.stop()  # SIGTERM: Redis writes its AOF and exits
+    time.sleep(2)
+    fault_redis.start()
+    for job_id in jobs:
+        assert final(store, job_id, timeout=180).status.value == "success"
+
+
+def test_poison_tile_fails_its_job_and_blocks_nothing(
+    fault_api, fault_settings, store, start_worker
+) -> None:
+    start_worker("poisoned")
+    start_worker("bystander")
+    poison_job = submit(fault_api, image(seed=2))
+    poison_task = 0
+    stop = threading.Event()
+
+    def kill_whoever_runs_it() -> None:
+        """Plays a tile that crashes its process: each time task 0 starts, its process dies."""
+        seen = 0
+        while not stop.is_set():
+            count = int(
+                store.redis.hget(store.key(poison_job, "deliveries"), str(poison_task)) or 0
+            )
+            if count > seen:
+                seen = count
+                runner = store.runner_of(poison_job, poison_task)
+                if runner is not None and count <= fault_settings.max_deliveries:
+                    os.kill(int(runner.rsplit(":", 1)[1]), signal.SIGKILL)
+            time.sleep(0.005)
+
+    killer = threading.Thread(target=kill_whoever_runs_it, daemon=True)
+    killer.start()
+    try:
+        other = submit(fault_api, image(384, 256, seed=3))
+        record = final(store, poison_job, timeout=180)
+        assert record.status.value == "failed", record
+        assert record.error_code == "poison_tile" and "tile 0" in (record.error or "")
+        assert final(store, other, timeout=120).status.value == "success"
+    finally:
+        stop.set()
+        killer.join()
+    deliveries = int(store.redis.hget(store.key(poison_job, "deliveries"), str(poison_task)))
+    assert deliveries == fault_settings.max_deliveries + 1, "bounded, not a loop"
+
+
+def test_job_past_its_timeout_fails_and_drops_its_tiles(fault_api, store, start_worker) -> None:
+    start_worker("slow", threads=1)
+    job_id = submit(fault_api, image(2048, 1024, seed=4), timeout=2)
+    record = final(store, job_id, timeout=60)
+    assert record.status.value == "failed" and record.error_code == "timeout"
+    assert record.done < record.tasks
+    time.sleep(2)
+    assert not list(store.redis.scan_iter(match=store.key(job_id, "in", "*")))
+    assert store.get(job_id).done == record.done, "the remaining tiles were dropped"
+
+
+def test_stuck_job_is_found_and_failed(fault_api, fault_settings, store, start_worker) -> None:
+    """A tile's message is lost before any worker sees it: the chord can never fire."""
+    client = redis.Redis.from_url(fault_settings.redis_url)
+    job_id = submit(fault_api, image(512, 256, seed=5), timeout=8)
+    queued = client.lrange(fault_settings.tile_queue, 0, -1)
+    lost = next(m for m in queued if json.loads(m)["headers"]["id"] == f"{job_id}-0")
+    assert client.lrem(fault_settings.tile_queue, 1, lost) == 1
+    start_worker("janitor")
+    record = final(store, job_id, timeout=60)
+    assert record.status.value == "failed" and record.error_code == "timeout"
+    assert f"{record.tasks - 1} of {record.tasks} tiles done" in (record.error or "")
+
+
+def test_lost_chord_bookkeeping_is_recovered_by_the_janitor(
+    fault_api, fault_settings, store, start_worker
+) -> None:
+    """Celery's chord state in the result backend is gone (as after a failed result write):
+    the chord can no longer fire, yet every tile runs; the janitor sends the stitch itself."""
+    client = redis.Redis.from_url(fault_settings.redis_url)
+    data = image(512, 256, seed=6)
+    job_id = submit(fault_api, data)
+    chord_keys = list(client.scan_iter(match="celery-taskset-meta-*"))
+    assert chord_keys, "the chord keeps its counter in the result backend"
+    client.delete(*chord_keys)
+    worker = start_worker("recovery")
+    assert_identical_and_stitched_once(fault_api, store, job_id, data, fault_settings)
+    assert "no stitch came; sending one" in worker.log.read_text()
