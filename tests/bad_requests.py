@@ -9,8 +9,6 @@ ALICE's that never runs) and ``{api}`` (the API's own address, on 127.0.0.1).
 
 from __future__ import annotations
 
-import struct
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +18,7 @@ import numpy as np
 from common.imageio import encode
 from common.settings import DEFAULT_MAX_BYTES
 from tests.conftest import ALICE, BOB
+from tests.images import crafted_png
 
 COMPACT = "realesr-animevideov3"
 
@@ -35,27 +34,6 @@ def _pixels(h: int = 24, w: int = 24) -> np.ndarray:
     return rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 
-def _png_chunk(kind: bytes, payload: bytes) -> bytes:
-    crc = zlib.crc32(kind + payload) & 0xFFFFFFFF
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
-
-
-def png_claiming(width: int, height: int) -> bytes:
-    """A well-formed PNG (valid CRCs) whose IHDR claims ``width`` x ``height`` RGB pixels.
-
-    The IDAT holds a few compressed rows only: a decoder that trusts the header
-    and allocates first is the decompression bomb's victim.
-    """
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    idat = zlib.compress(b"\x00" * (3 * 64 + 1) * 4, 9)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + _png_chunk(b"IHDR", ihdr)
-        + _png_chunk(b"IDAT", idat)
-        + _png_chunk(b"IEND", b"")
-    )
-
-
 PNG = encode(_pixels(), "png")
 JPEG = encode(_pixels(), "jpeg")
 TRUNCATED_PNG = PNG[: len(PNG) // 2]
@@ -67,8 +45,8 @@ SVG = (
 )
 HTML = b"<!doctype html><html><body><img src=x onerror=alert(1)></body></html>"
 GIF = b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;"
-BOMB = png_claiming(100_000, 100_000)
-ZERO_WIDTH = png_claiming(0, 24)
+BOMB = crafted_png(100_000, 100_000)
+ZERO_WIDTH = crafted_png(0, 24)
 
 
 def over_the_byte_limit() -> bytes:

@@ -10,6 +10,7 @@ import cv2
 import pytest
 
 from common.settings import Settings
+from tests.images import crafted_png
 
 PHOTO = Path(__file__).parent / "data" / "photo.png"
 
@@ -94,7 +95,7 @@ def test_bad_input_is_one_line_and_exit_2(
         "empty": b"",
         "truncated": data[: len(data) // 2],
         "photo": data,
-        "huge": _png_claiming(100000, 100000),
+        "huge": crafted_png(100000, 100000),
     }.get(setup)
     if content is not None:
         path.write_bytes(content)
@@ -103,25 +104,3 @@ def test_bad_input_is_one_line_and_exit_2(
     assert "Traceback" not in result.stderr
     assert message in result.stderr.lower() or message in result.stderr
     assert result.stderr.startswith("srcluster: error:")
-
-
-def _png_claiming(width: int, height: int) -> bytes:
-    """A PNG whose header claims ``width`` x ``height`` but holds almost nothing (a decompression bomb)."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(payload))
-            + kind
-            + payload
-            + struct.pack(">I", zlib.crc32(kind + payload))
-        )
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-        + chunk(b"IEND", b"")
-    )

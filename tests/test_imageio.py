@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import io
-import struct
 import time
-import zlib
 
 import cv2
 import numpy as np
@@ -16,6 +14,7 @@ import pytest
 
 from common import imageio
 from common.errors import BadParameter, ImageTooLarge, UnsupportedImage
+from tests.images import crafted_png
 
 LIMIT = 4096 * 4096
 
@@ -56,22 +55,6 @@ def orientation_of(exif: bytes | None) -> int:
     loaded = PIL.Image.Exif()
     loaded.load(exif)
     return int(loaded[0x0112])
-
-
-def png_chunk(kind: bytes, payload: bytes) -> bytes:
-    crc = struct.pack(">I", zlib.crc32(kind + payload))
-    return struct.pack(">I", len(payload)) + kind + payload + crc
-
-
-def crafted_png(width: int, height: int) -> bytes:
-    """An RGB PNG header claiming width x height, valid CRCs, a tiny IDAT."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + png_chunk(b"IHDR", ihdr)
-        + png_chunk(b"IDAT", zlib.compress(b"\x00" * 64))
-        + png_chunk(b"IEND", b"")
-    )
 
 
 # --- formats ----------------------------------------------------------------
