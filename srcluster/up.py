@@ -86,8 +86,9 @@ class Cluster:
             self._spawn(
                 "flower",
                 [python, "-m", "celery", "-A", "worker", "flower", f"--port={s.flower_port}",
-                 f"--address={s.api_host}", f"--basic-auth={s.flower_user}:{s.flower_password}"],
-                env, logs,
+                 f"--address={s.api_host}"],
+                # the password goes in the environment: a command line is readable by anyone
+                {**env, "FLOWER_BASIC_AUTH": f"{s.flower_user}:{s.flower_password}"}, logs,
             )  # fmt: skip
         return s
 
