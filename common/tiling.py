@@ -122,13 +122,30 @@ def auto_tile_size(
 ) -> int:
     """Pick a tile side for an image.
 
-    As large as ``max_tile`` (the model's memory- and cache-friendly maximum) to
-    keep overlap waste small, but, when ``workers`` > 1, small enough that the
-    image gives about two tiles per worker, never below ``min_tile``: small tiles
-    only pay when they buy parallelism across hosts.
+    ``max_tile`` bounds the *area* of a window, ``(max_tile + 2 * pad)**2``: that is
+    what inference memory and cache behaviour depend on. Within that budget:
+
+    - one worker: the tile whose plan infers the fewest pixels (overlap is pure
+      waste), so a 320x240 image under a 256 limit is one window of 340x260, not
+      two of 224x260;
+    - several workers: the largest tile that still gives about two tiles per
+      worker, never below ``min_tile``; small tiles only pay when they buy
+      parallelism across hosts.
     """
+    budget = (max_tile + 2 * pad) ** 2
+    longest = max(width, height)
     if workers <= 1:
-        return max_tile
+        best, best_cost = max_tile, math.inf
+        for tile in range(
+            max(min_tile, max_tile // 2), min(longest, 4 * max_tile, MAX_TILE) + 1, 8
+        ):
+            plan = plan_tiles(width, height, tile, pad)
+            if plan.window_width * plan.window_height > budget:
+                continue
+            cost = len(plan) * plan.window_width * plan.window_height
+            if cost <= best_cost:  # ties go to the larger tile: fewer, larger tasks
+                best, best_cost = tile, cost
+        return best
     target = 2 * workers
     for tile in range(max_tile, min_tile - 1, -16):
         if len(plan_tiles(width, height, tile, pad)) >= target:

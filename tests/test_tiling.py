@@ -93,8 +93,19 @@ def test_too_little_pad_shows_seams() -> None:
     assert not np.array_equal(tiled(rgb, 32, 1, radius=3), reference(rgb, radius=3))
 
 
+def test_auto_tile_size_infers_least_within_the_memory_budget() -> None:
+    budget = (256 + 2 * 32) ** 2
+    for width, height in ((320, 240), (1000, 700), (97, 131), (4000, 3000), (257, 2000)):
+        tile = tiling.auto_tile_size(width, height, 32, 256)
+        plan = tiling.plan_tiles(width, height, tile, 32)
+        assert plan.window_width * plan.window_height <= budget
+        nominal = tiling.plan_tiles(width, height, 256, 32)
+        inferred = len(plan) * plan.window_width * plan.window_height
+        assert inferred <= len(nominal) * nominal.window_width * nominal.window_height
+    assert len(tiling.plan_tiles(320, 240, tiling.auto_tile_size(320, 240, 32, 256), 32)) == 1
+
+
 def test_auto_tile_size_spreads_over_workers() -> None:
-    assert tiling.auto_tile_size(2000, 1500, 18, 512, workers=1) == 512
     tile = tiling.auto_tile_size(2000, 1500, 18, 512, workers=4)
     assert len(tiling.plan_tiles(2000, 1500, tile, 18)) >= 8
     assert tiling.auto_tile_size(100, 100, 18, 512, workers=8) == 128
