@@ -21,12 +21,12 @@ from typing import Any
 
 from common import tiling
 from common.engine import get_engine
-from common.errors import ImageTooLarge
 from common.imageio import Image, content_type, decode, encode
 from common.models import Registry
 from common.params import UpscaleParams
 from common.pipeline import (
     JobPlan,
+    check_bytes,
     finish,
     infer_windows,
     make_plan,
@@ -80,12 +80,7 @@ def prepare(
         ImageTooLarge, UnsupportedImage: the bytes are too many or not a usable image.
         UnknownModel, BadParameter: see :func:`common.pipeline.make_plan`.
     """
-    if len(data) > settings.max_bytes:
-        raise ImageTooLarge(
-            f"the file is {len(data)} bytes, over the limit of {settings.max_bytes}",
-            bytes=len(data),
-            limit=settings.max_bytes,
-        )
+    check_bytes(data, settings)
     spec = registry.get(params.model)
     image = decode(data, settings.max_pixels)
     plan = make_plan(image, params, spec, settings, workers=max(1, workers))
@@ -231,12 +226,14 @@ def unstitched(store: JobStore, grace: float, now: float | None = None) -> list[
     when, so it asks once per ``grace``.
     """
     now = time.time() if now is None else now
+    ids = store.unfinished()
+    pipe = store.redis.pipeline(transaction=False)
+    for job_id in ids:
+        pipe.hmget(store.key(job_id), "completed", "stitch_requested")
     found = []
-    for job_id in store.unfinished():
-        record = store.get(job_id)
-        if record is None or record.completed is None or now - record.completed < grace:
+    for job_id, (completed, asked) in zip(ids, pipe.execute() if ids else [], strict=True):
+        if completed is None or now - float(completed) < grace:
             continue
-        asked = store.redis.hget(store.key(job_id), "stitch_requested")
         if asked is not None and now - float(asked) < grace:
             continue
         store.redis.hset(store.key(job_id), "stitch_requested", now)

@@ -16,7 +16,8 @@ written as the same steps the cluster runs, with the same functions:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
+from functools import cached_property
 from typing import Any
 
 import cv2
@@ -57,8 +58,9 @@ class JobPlan:
     output_height: int
     format: str
 
-    @property
+    @cached_property
     def tiles(self) -> tiling.TilePlan:
+        # a pure function of the fields; the instance is frozen, so compute it once
         return tiling.plan_tiles(self.width, self.height, self.tile, self.pad)
 
     @property
@@ -74,7 +76,8 @@ class JobPlan:
         return 3 if plane == "color" and self.channels >= 3 else 1
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        # not asdict(): that would also carry the cached tile plan
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["planes"] = list(self.planes)
         return data
 
@@ -253,6 +256,20 @@ def upscale_image(
     return run_plan(plan, image.pixels, engine, batch=batch, progress=progress), plan
 
 
+def check_bytes(data: bytes, settings: Settings) -> None:
+    """Refuse a file over ``settings.max_bytes`` before anything decodes it.
+
+    Raises:
+        ImageTooLarge: it is.
+    """
+    if len(data) > settings.max_bytes:
+        raise ImageTooLarge(
+            f"the file is {len(data)} bytes, over the limit of {settings.max_bytes}",
+            bytes=len(data),
+            limit=settings.max_bytes,
+        )
+
+
 def upscale_bytes(
     data: bytes,
     params: UpscaleParams,
@@ -267,12 +284,7 @@ def upscale_bytes(
         UnsupportedImage, ImageTooLarge: the bytes are not a usable image.
         UnknownModel, BadParameter: see :func:`make_plan`.
     """
-    if len(data) > settings.max_bytes:
-        raise ImageTooLarge(
-            f"the file is {len(data)} bytes, over the limit of {settings.max_bytes}",
-            bytes=len(data),
-            limit=settings.max_bytes,
-        )
+    check_bytes(data, settings)
     image = decode(data, settings.max_pixels)
     pixels, plan = upscale_image(image, params, settings, registry=registry, progress=progress)
     encoded = encode(

