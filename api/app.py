@@ -4,17 +4,16 @@ from __future__ import annotations
 
 from importlib import metadata
 
-import redis
 from flask import Flask
 
 from api import errors, routes
 from api.auth import TokenTable
 from api.celery_client import TaskSender
 from api.services import Services
+from common.cluster.store import JobStore
 from common.errors import ConfigError
 from common.models import Registry
 from common.settings import Settings
-from common.store import JobStore
 
 MULTIPART_OVERHEAD = 64 * 1024
 """Bytes allowed above ``max_bytes`` for the multipart envelope and the form fields."""
@@ -51,13 +50,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_bytes + MULTIPART_OVERHEAD
     app.config["SRCLUSTER_MAX_BYTES"] = settings.max_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    client = redis.Redis.from_url(
-        settings.redis_url, health_check_interval=30, socket_connect_timeout=REDIS_CONNECT_TIMEOUT
-    )
     app.extensions["srcluster"] = Services(
         settings=settings,
         tokens=tokens,
-        store=JobStore(client, settings.result_ttl),
+        store=JobStore.from_url(
+            settings.redis_url, settings.result_ttl, connect_timeout=REDIS_CONNECT_TIMEOUT
+        ),
         registry=Registry(settings),
         sender=TaskSender(settings),
         version=_version(),

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 from flask import Request, current_app, g, request
 
 from api.errors import Unauthorized
-from common.store import token_hash
+from common.cluster.store import token_hash
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -1,7 +1,7 @@
 """A Celery *client*: it sends the worker's tasks by name and never imports ``worker``.
 
-Task ids are derived from the job id (``<job>-<task>``, ``<job>-stitch``) so a
-job's tasks can be revoked knowing only the job id and its task count.
+Task ids are derived from the job id (:mod:`common.cluster.protocol`) so a
+job's tasks can be revoked knowing only the job id and its part count.
 """
 
 from __future__ import annotations
@@ -10,23 +10,16 @@ import logging
 
 from celery import Celery, chord, group
 
+from common.cluster.protocol import (
+    STITCH_TASK,
+    TILE_TASK,
+    celery_config,
+    stitch_task_id,
+    tile_task_id,
+)
 from common.settings import Settings
 
-TILE_TASK = "srcluster.upscale_tile"
-"""``upscale_tile(job_id, task)``: infer one tile."""
-
-STITCH_TASK = "srcluster.stitch"
-"""``stitch(results, job_id)``: the chord's callback; ``results`` are the tile tasks' returns."""
-
 log = logging.getLogger(__name__)
-
-
-def tile_task_id(job_id: str, task: int) -> str:
-    return f"{job_id}-{task}"
-
-
-def stitch_task_id(job_id: str) -> str:
-    return f"{job_id}-stitch"
 
 
 class TaskSender:
@@ -40,25 +33,18 @@ class TaskSender:
             backend=settings.redis_url,
             set_as_current=False,
         )
-        self.app.conf.update(
-            task_serializer="json",
-            result_serializer="json",
-            accept_content=["json"],
-            result_accept_content=["json"],
-            broker_transport_options={"visibility_timeout": settings.visibility_timeout},
-            result_expires=settings.result_ttl,
-        )
+        self.app.conf.update(celery_config(settings))
 
-    def send_job(self, job_id: str, task_count: int) -> None:
-        """Queue ``task_count`` tile tasks with the stitch as their chord callback."""
+    def send_job(self, job_id: str, parts: int) -> None:
+        """Queue one tile task per part with the stitch as their chord callback."""
         tiles = group(
             self.app.signature(
                 TILE_TASK,
-                args=(job_id, task),
+                args=(job_id, part),
                 queue=self.settings.tile_queue,
-                task_id=tile_task_id(job_id, task),
+                task_id=tile_task_id(job_id, part),
             )
-            for task in range(task_count)
+            for part in range(parts)
         )
         stitch = self.app.signature(
             STITCH_TASK,
@@ -68,13 +54,13 @@ class TaskSender:
         )
         chord(tiles, stitch, app=self.app).apply_async()
 
-    def revoke(self, job_id: str, task_count: int) -> None:
+    def revoke(self, job_id: str, parts: int) -> None:
         """Ask workers to drop the job's queued tasks.
 
         Best effort: a broadcast reaches only workers that are up, and tasks
         check the job's status themselves before working.
         """
-        ids = [tile_task_id(job_id, t) for t in range(task_count)] + [stitch_task_id(job_id)]
+        ids = [tile_task_id(job_id, p) for p in range(parts)] + [stitch_task_id(job_id)]
         try:
             self.app.control.revoke(ids)
         except Exception:  # the job is already cancelled in the store; this is only a hint

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from common.cluster.store import JobStatus
 from common.models import DEFAULT_MODEL
 from common.params import MAX_PAD, MAX_SCALE, MIN_SCALE
 from common.settings import Settings
-from common.store import JobStatus
 from common.tiling import MAX_TILE, MIN_TILE
 
 _ERROR = {"$ref": "#/components/schemas/Error"}

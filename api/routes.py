@@ -12,17 +12,17 @@ from api.auth import authenticate, token_of, token_required
 from api.errors import Gone, NotFound, NotReady, Unavailable
 from api.fetch import fetch
 from api.services import Services
-from common import jobs
+from common.cluster import jobs
+from common.cluster.store import JobRecord, JobStatus
 from common.errors import BadParameter, UnsupportedImage
 from common.imageio import extension
 from common.models import DEFAULT_MODEL
 from common.params import parse_params
-from common.store import JobRecord, JobStatus
 
 bp = Blueprint("srcluster", __name__)
 
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
-"""What :func:`common.jobs.prepare` makes (``uuid4().hex``); anything else never reaches Redis."""
+"""What :func:`common.cluster.jobs.prepare` makes (``uuid4().hex``); anything else never reaches Redis."""
 
 PARAM_FIELDS = ("scale", "tile_size", "tile_pad", "skip_alpha", "resize_to", "format")
 
@@ -43,7 +43,7 @@ def _json(body: dict[str, Any], status: int = 200) -> Response:
 @bp.get("/healthz")
 def healthz() -> Response:
     try:
-        services().store.redis.ping()
+        services().store.ping()
     except Exception as exc:  # any failure to answer is "not healthy", never a 500
         current_app.logger.warning("healthz: redis does not answer: %s", exc)
         return _json({"status": "unavailable", "redis": "down"}, 503)
@@ -152,7 +152,7 @@ def submit() -> Response:
         timeout=timeout,
     )
     try:
-        svc.sender.send_job(prepared.job_id, prepared.plan.task_count)
+        svc.sender.send_job(prepared.job_id, prepared.plan.part_count)
     except Exception as exc:
         current_app.logger.exception("could not queue job %s", prepared.job_id)
         svc.store.fail(prepared.job_id, "queue_error", "the job could not be queued")
@@ -188,7 +188,7 @@ def download(job_id: str) -> Response:
         raise NotReady(
             f"the job is {record.status.value}, not success",
             status=record.status.value,
-            progress={"done": record.done, "total": record.tasks},
+            progress={"done": record.done, "total": record.parts},
         )
     data = services().store.result(job_id)
     if data is None:
@@ -204,8 +204,8 @@ def download(job_id: str) -> Response:
 def delete(job_id: str) -> Response:
     svc = services()
     record = _own_job(job_id)
-    if not record.status.final and svc.store.cancel(job_id):
-        svc.sender.revoke(job_id, record.tasks)
+    if not record.status.finished and svc.store.cancel(job_id):
+        svc.sender.revoke(job_id, record.parts)
     else:
         # finished (perhaps just now): keep the record, drop the result and the rest
         svc.store.delete(job_id)

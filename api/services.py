@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 from api.auth import TokenTable
 from api.celery_client import TaskSender
+from common.cluster.store import JobStore
 from common.models import Registry
 from common.settings import Settings
-from common.store import JobStore
 
 
 @dataclass
@@ -25,4 +25,4 @@ class Services:
     def close(self) -> None:
         """Release the Redis and broker connections (tests; gunicorn just exits)."""
         self.sender.close()
-        self.store.redis.close()
+        self.store.close()

@@ -26,47 +26,31 @@ import tempfile
 import time
 from pathlib import Path
 
-import requests
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.local_pipeline import photo_like  # noqa: E402
 from common import tiling  # noqa: E402
-from common.embedded import EmbeddedRedis  # noqa: E402
-from common.engine import get_engine  # noqa: E402
+from common.cluster.embedded import EmbeddedRedis  # noqa: E402
+from common.engines import get_engine  # noqa: E402
 from common.imageio import encode  # noqa: E402
 from common.models import Registry  # noqa: E402
 from common.settings import Settings  # noqa: E402
+from srcluster.client import Client  # noqa: E402
 from tests.cluster import ApiServer, WorkerProcess  # noqa: E402
 
 TOKEN = "bench-token-0123456789abcdef"
 
 
 def through_cluster(api: ApiServer, data: bytes, model: str) -> float:
+    """Seconds from upload to downloaded result, polling every 20 ms."""
+    client = Client(api.url, TOKEN, timeout=120)
     start = time.perf_counter()
-    reply = requests.post(
-        api.url + "/sr",
-        headers={"X-Token": TOKEN},
-        files={"file": ("photo.png", data, "image/png")},
-        data={"model": model},
-        timeout=120,
-    )
-    reply.raise_for_status()
-    job = reply.json()["task_id"]
-    while True:
-        body = requests.get(
-            f"{api.url}/result/{job}", headers={"X-Token": TOKEN}, timeout=30
-        ).json()
-        status = body["result"]["status"]
-        if status == "success":
-            break
-        if status in ("failed", "cancelled"):
-            raise RuntimeError(body)
-        time.sleep(0.02)
-    requests.get(
-        f"{api.url}/result/{job}/download", headers={"X-Token": TOKEN}, timeout=60
-    ).raise_for_status()
+    job = client.submit(data, filename="photo.png", model=model)
+    body = client.wait(job, timeout=600, interval=0.02)
+    if body["status"] != "success":
+        raise RuntimeError(body)
+    client.download(job)
     return time.perf_counter() - start
 
 

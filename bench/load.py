@@ -281,7 +281,7 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for jobs")
     args = parser.parse_args()
 
-    from common.embedded import EmbeddedRedis
+    from common.cluster.embedded import EmbeddedRedis
     from common.models import Registry
     from tests.cluster import ApiServer, WorkerProcess
 

@@ -24,7 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import tiling
-from common.engine import get_engine
+from common.engines import get_engine
 from common.imageio import Image
 from common.models import Registry
 from common.params import parse_params
@@ -82,7 +82,7 @@ def main() -> None:
     tiles = plan.tiles
     print(
         f"model {spec.name} x{spec.scale}, image {width}x{height}, provider {engine.provider}, "
-        f"threads {settings.inference_threads}, repeats {args.repeat}"
+        f"threads {settings.session_threads()}, repeats {args.repeat}"
     )
     print(
         f"plan: tile {plan.tile}, pad {plan.pad}, {len(tiles)} tiles of "

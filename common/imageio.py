@@ -35,7 +35,6 @@ import io
 import struct
 import threading
 import warnings
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +45,13 @@ import numpy.typing as npt
 import PIL.Image
 
 from common.errors import BadParameter, ImageTooLarge, UnsupportedImage
+from common.metadata import (
+    TIFF_HEADERS,
+    png_chunk,
+    png_with_metadata,
+    reset_orientation,
+    strip_exif_prefix,
+)
 
 # Pillow's own bomb check warns (an error under pytest) or raises at a limit we
 # do not choose; probe() enforces the configured max_pixels instead.
@@ -247,13 +253,13 @@ def encode(
             parameter="format",
             limit=spec.max_side,
         )
-    tiff_exif = _strip_exif_prefix(exif) if exif else None
-    if tiff_exif is not None and not tiff_exif.startswith(_TIFF_HEADERS):
+    tiff_exif = strip_exif_prefix(exif) if exif else None
+    if tiff_exif is not None and not tiff_exif.startswith(TIFF_HEADERS):
         raise BadParameter("exif is not a TIFF-structured EXIF blob", parameter="exif")
 
     if fmt == "png":
         png = _cv2_encode(".png", a, [cv2.IMWRITE_PNG_COMPRESSION, 3])
-        return _png_with_metadata(png, icc, tiff_exif)
+        return png_with_metadata(png, icc, tiff_exif)
     if fmt == "tiff":
         return _cv2_encode(".tiff", a, [])
 
@@ -374,7 +380,7 @@ def _read_header(data: bytes) -> _Header:
     if found == "tiff":
         # Pillow 13 and OpenCV 5 apply a TIFF's own Orientation tag, older
         # versions do not: neutralised, all give the stored pixels and size.
-        data, orientation = _reset_orientation(data)
+        data, orientation = reset_orientation(data)
     try:
         with _quiet_pillow():
             im = PIL.Image.open(io.BytesIO(data), formats=_PIL_OPENERS)
@@ -457,61 +463,15 @@ def _decode_pillow(im: PIL.Image.Image, fmt: str) -> Pixels:
     return a[:, :, np.newaxis] if a.ndim == 2 else a
 
 
-_TIFF_HEADERS = (b"II*\x00", b"MM\x00*")
-_ORIENTATION_TAG = 0x0112
-
-
-def _strip_exif_prefix(blob: bytes) -> bytes:
-    return blob[6:] if blob.startswith(b"Exif\x00\x00") else blob
-
-
 def _exif_of(im: PIL.Image.Image, fmt: str, data: bytes) -> tuple[bytes | None, int]:
     """The EXIF to keep (Orientation reset to 1) and the orientation to apply."""
-    raw = _png_chunk(data, b"eXIf") if fmt == "png" else im.info.get("exif")
+    raw = png_chunk(data, b"eXIf") if fmt == "png" else im.info.get("exif")
     if not isinstance(raw, bytes) or not raw:
         return None, 1
-    exif = _strip_exif_prefix(raw)
-    if not exif.startswith(_TIFF_HEADERS):
+    exif = strip_exif_prefix(raw)
+    if not exif.startswith(TIFF_HEADERS):
         return None, 1  # not something we can vouch for when writing it back
-    return _reset_orientation(exif)
-
-
-def _reset_orientation(tiff: bytes) -> tuple[bytes, int]:
-    """``tiff`` (an EXIF blob or a whole TIFF file) with IFD0's Orientation set
-    to 1, and the orientation (1..8) it asked for."""
-    slot = _orientation_slot(tiff)
-    if slot is None:
-        return tiff, 1
-    value, offset, code = slot
-    if value != 1:
-        patched = bytearray(tiff)
-        struct.pack_into(code, patched, offset, 1)
-        tiff = bytes(patched)
-    return tiff, value if 1 <= value <= 8 else 1
-
-
-def _orientation_slot(tiff: bytes) -> tuple[int, int, str] | None:
-    """(value, byte offset, struct code) of IFD0's Orientation entry, if any.
-
-    Patching the value in place keeps every other byte (maker notes hold
-    absolute offsets that re-serialising with Pillow would break).
-    """
-    if not tiff.startswith(_TIFF_HEADERS):
-        return None  # BigTIFF's layout differs; it keeps its orientation
-    order = "<" if tiff.startswith(b"II") else ">"
-    try:
-        (ifd,) = struct.unpack_from(order + "I", tiff, 4)
-        (count,) = struct.unpack_from(order + "H", tiff, ifd)
-        for i in range(count):
-            entry = ifd + 2 + 12 * i
-            tag, kind, n = struct.unpack_from(order + "HHI", tiff, entry)
-            if tag == _ORIENTATION_TAG and n == 1 and kind in (3, 4):  # SHORT or LONG
-                code = order + ("H" if kind == 3 else "I")
-                (value,) = struct.unpack_from(code, tiff, entry + 8)
-                return int(value), entry + 8, code
-    except struct.error:
-        return None
-    return None
+    return reset_orientation(exif)
 
 
 def _orient(a: Pixels, orientation: int) -> Pixels:
@@ -564,40 +524,3 @@ def _cv2_encode(ext: str, a: Pixels, params: list[int]) -> bytes:
     if not ok:
         raise ValueError(f"OpenCV could not encode a {a.shape} {a.dtype} array as {ext}")
     return buf.tobytes()
-
-
-def _png_chunk(data: bytes, kind: bytes) -> bytes | None:
-    """The payload of the first whole ``kind`` chunk, or None; skips IDAT unread."""
-    pos = 8
-    while pos + 12 <= len(data):
-        (length,) = struct.unpack_from(">I", data, pos)
-        if pos + 12 + length > len(data):
-            return None
-        found = data[pos + 4 : pos + 8]
-        if found == kind:
-            return data[pos + 8 : pos + 8 + length]
-        if found == b"IEND":
-            return None
-        pos += 12 + length
-    return None
-
-
-def _png_chunk_bytes(kind: bytes, payload: bytes) -> bytes:
-    crc = zlib.crc32(kind + payload)
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
-
-
-def _png_with_metadata(png: bytes, icc: bytes | None, exif: bytes | None) -> bytes:
-    """Insert iCCP and eXIf after IHDR; OpenCV writes neither for 16-bit data."""
-    extra = b""
-    if icc:
-        # name, NUL, compression method 0 (zlib), compressed profile
-        extra += _png_chunk_bytes(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(icc))
-    if exif:
-        extra += _png_chunk_bytes(b"eXIf", exif)
-    if not extra:
-        return png
-    ihdr_end = 8 + 12 + 13
-    if png[12:16] != b"IHDR":
-        raise ValueError("OpenCV wrote a PNG that does not start with IHDR")
-    return png[:ihdr_end] + extra + png[ihdr_end:]

@@ -19,7 +19,6 @@ The contract:
 
 from __future__ import annotations
 
-import builtins
 import contextlib
 import fcntl
 import hashlib
@@ -148,11 +147,11 @@ class Registry:
 
     # -- lookup ----------------------------------------------------------
 
-    def names(self) -> builtins.list[str]:
+    def names(self) -> list[str]:
         """Built-in names first, then user models in name order."""
         return [*BUILTIN_NAMES, *sorted(self._read_user_models())]
 
-    def list(self) -> builtins.list[ModelSpec]:
+    def specs(self) -> list[ModelSpec]:
         """Every model, in :meth:`names` order."""
         return [self.get(name) for name in self.names()]
 

@@ -10,7 +10,10 @@ written as the same steps the cluster runs, with the same functions:
    RGB) unless it is opaque or ``skip_alpha`` asks for a plain resize.
 3. :func:`infer_windows` runs a batch of equal windows through the engine and
    :func:`common.tiling.tile_core` crops each output to its integer core.
-4. :func:`finish` assembles the planes into the final pixels and resizes.
+4. :func:`assemble` puts the planes together into the final pixels and resizes.
+
+A job's work is numbered in *parts*, one tile of one plane each; the numbering
+has one owner, :meth:`JobPlan.part` and its inverse :meth:`JobPlan.locate`.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from common import tiling
-from common.engine import Engine, get_engine
+from common.engines import Engine, get_engine
 from common.errors import BadParameter, ImageTooLarge
 from common.imageio import Image, decode, default_output_format, encode
 from common.models import ModelSpec, Registry
@@ -41,8 +44,8 @@ class JobPlan:
     """Everything decided before inference; JSON-serializable through :meth:`to_dict`.
 
     ``planes`` lists what the model infers: ``"color"`` always, ``"alpha"`` when the
-    input has a non-opaque alpha channel and ``skip_alpha`` is off. Task ``i`` is
-    tile ``i % len(tiles)`` of plane ``i // len(tiles)``.
+    input has a non-opaque alpha channel and ``skip_alpha`` is off. The work is
+    :attr:`part_count` parts, numbered by :meth:`part`.
     """
 
     model: str
@@ -64,8 +67,24 @@ class JobPlan:
         return tiling.plan_tiles(self.width, self.height, self.tile, self.pad)
 
     @property
-    def task_count(self) -> int:
+    def part_count(self) -> int:
+        """Parts of the job: every tile of every plane."""
         return len(self.planes) * len(self.tiles)
+
+    def part(self, plane: int, tile: tiling.Tile) -> int:
+        """The number of ``tile`` of plane ``plane`` (an index into :attr:`planes`)."""
+        return plane * len(self.tiles) + tile.index
+
+    def locate(self, part: int) -> tuple[int, tiling.Tile]:
+        """Inverse of :meth:`part`: ``(plane index, tile)`` of part ``part``.
+
+        Raises:
+            ValueError: no such part.
+        """
+        if not 0 <= part < self.part_count:
+            raise ValueError(f"part {part} is not within 0..{self.part_count - 1}")
+        plane, index = divmod(part, len(self.tiles))
+        return plane, self.tiles.tiles[index]
 
     @property
     def numpy_dtype(self) -> np.dtype[Any]:
@@ -163,7 +182,7 @@ def infer_windows(engine: Engine, windows: Sequence[npt.NDArray[Any]]) -> npt.ND
     return engine.run(batch)
 
 
-def finish(
+def assemble(
     plan: JobPlan,
     canvases: Sequence[npt.NDArray[Any]],
     alpha: npt.NDArray[Any] | None = None,
@@ -182,7 +201,7 @@ def finish(
             alpha = canvases[plan.planes.index("alpha")]
         else:
             if alpha is None:
-                raise ValueError("finish() needs the input alpha to resize it")
+                raise ValueError("assemble() needs the input alpha to resize it")
             alpha = cv2.resize(alpha, (model_w, model_h), interpolation=cv2.INTER_LINEAR)
         result = np.dstack([color, alpha.reshape(model_h, model_w, 1)])
     else:
@@ -199,7 +218,7 @@ def finish(
 
 
 def uninferred_alpha(pixels: npt.NDArray[Any], plan: JobPlan) -> npt.NDArray[Any] | None:
-    """The input alpha that :func:`finish` resizes, or ``None`` when the model infers it."""
+    """The input alpha that :func:`assemble` resizes, or ``None`` when the model infers it."""
     if plan.channels == 4 and "alpha" not in plan.planes:
         return np.ascontiguousarray(pixels[..., 3])
     return None
@@ -216,7 +235,7 @@ def run_plan(
     """Infer every tile of every plane of ``plan`` here and return the final pixels."""
     tiles = plan.tiles
     dtype = plan.numpy_dtype
-    total = plan.task_count
+    total = plan.part_count
     done = 0
     canvases = []
     for plane, extended in zip(plan.planes, plane_inputs(pixels, plan), strict=True):
@@ -232,7 +251,7 @@ def run_plan(
             if progress is not None:
                 progress(done, total)
         canvases.append(canvas.pixels)
-    return finish(plan, canvases, uninferred_alpha(pixels, plan))
+    return assemble(plan, canvases, uninferred_alpha(pixels, plan))
 
 
 def upscale_image(
@@ -287,15 +306,30 @@ def upscale_bytes(
     check_bytes(data, settings)
     image = decode(data, settings.max_pixels)
     pixels, plan = upscale_image(image, params, settings, registry=registry, progress=progress)
-    encoded = encode(
+    return encode_result(pixels, plan, settings, icc=image.icc, exif=image.exif), plan
+
+
+def encode_result(
+    pixels: npt.NDArray[Any],
+    plan: JobPlan,
+    settings: Settings,
+    *,
+    icc: bytes | None,
+    exif: bytes | None,
+) -> bytes:
+    """Encode a job's final pixels in its output format, at the configured qualities.
+
+    Raises:
+        BadParameter: see :func:`common.imageio.encode`.
+    """
+    return encode(
         pixels,
         plan.format,
-        icc=image.icc,
-        exif=image.exif,
+        icc=icc,
+        exif=exif,
         jpeg_quality=settings.jpeg_quality,
         webp_quality=settings.webp_quality,
     )
-    return encoded, plan
 
 
 def whole_image(engine: Engine, rgb: npt.NDArray[Any]) -> npt.NDArray[Any]:

@@ -166,7 +166,7 @@ def _cmd_models(args: argparse.Namespace, settings: Settings) -> int:
         print(f"registered {spec.name}: x{spec.scale}")
         return 0
     print(f"{'name':28} {'scale':>5} {'source':8} {'pad':>4} {'tile':>5}  onnx")
-    for spec in registry.list():
+    for spec in registry.specs():
         cached = "cached" if registry.is_cached(spec.name) else "converted on first use"
         print(
             f"{spec.name:28} {spec.scale:>5} {spec.source:8} {spec.default_pad:>4} {spec.max_tile:>5}  {cached}"

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import requests
 
-from common.embedded import EmbeddedRedis, free_port
+from common.cluster.embedded import EmbeddedRedis, free_port
 from common.models import DEFAULT_MODEL, Registry
 from common.settings import Settings
+from srcluster.commands import api_command, flower_command, worker_command
 
 
 def _secret(path: Path) -> str:
@@ -44,7 +45,7 @@ class Cluster:
         self.settings = settings
         self.processes = processes
         self.with_flower = with_flower
-        self.redis: EmbeddedRedis | None = None
+        self.embedded: EmbeddedRedis | None = None
         self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.token = ""
         self.flower_url = ""
@@ -54,8 +55,8 @@ class Cluster:
         data = s.data_dir
         data.mkdir(parents=True, exist_ok=True)
         if not s.redis_url:
-            self.redis = EmbeddedRedis(data / "redis").start()
-            s = dataclasses.replace(s, redis_url=self.redis.url)
+            self.embedded = EmbeddedRedis(data / "redis").start()
+            s = dataclasses.replace(s, redis_url=self.embedded.url)
         if not s.tokens:
             self.token = _secret(data / "token")
             s = dataclasses.replace(s, tokens=f"local:{self.token}")
@@ -68,28 +69,13 @@ class Cluster:
         env = {**os.environ, **s.to_env()}
         logs = data / "logs"
         logs.mkdir(exist_ok=True)
-        python = sys.executable
-        self._spawn(
-            "worker",
-            [python, "-m", "celery", "-A", "worker", "worker", "--loglevel", "INFO",
-             "--concurrency", str(self.processes), "--hostname", "local@%h"],
-            env, logs,
-        )  # fmt: skip
-        self._spawn(
-            "api",
-            [python, "-m", "gunicorn", "--bind", f"{s.api_host}:{s.api_port}", "--workers", "2",
-             "--threads", "4", "--timeout", "120", "api:create_app()"],
-            env, logs,
-        )  # fmt: skip
+        self._spawn("worker", worker_command("local@%h", self.processes), env, logs)
+        self._spawn("api", api_command(s.api_host, s.api_port), env, logs)
         if self.with_flower:
             self.flower_url = f"http://{s.api_host}:{s.flower_port}"
-            self._spawn(
-                "flower",
-                [python, "-m", "celery", "-A", "worker", "flower", f"--port={s.flower_port}",
-                 f"--address={s.api_host}"],
-                # the password goes in the environment: a command line is readable by anyone
-                {**env, "FLOWER_BASIC_AUTH": f"{s.flower_user}:{s.flower_password}"}, logs,
-            )  # fmt: skip
+            # the password goes in the environment: a command line is readable by anyone
+            flower_env = {**env, "FLOWER_BASIC_AUTH": f"{s.flower_user}:{s.flower_password}"}
+            self._spawn("flower", flower_command(s.api_host, s.flower_port), flower_env, logs)
         return s
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str], logs: Path) -> None:
@@ -131,9 +117,9 @@ class Cluster:
                 process.kill()
                 process.wait()
         self.children.clear()
-        if self.redis is not None:
-            self.redis.stop()
-            self.redis = None
+        if self.embedded is not None:
+            self.embedded.stop()
+            self.embedded = None
 
 
 def up(settings: Settings, processes: int = 1, flower: bool = True, port: int | None = None) -> int:
@@ -158,7 +144,7 @@ def up(settings: Settings, processes: int = 1, flower: bool = True, port: int | 
               f"  Flower: {cluster.flower_url or '(off)'}  user {s.flower_user}, "
               f"password in {s.data_dir / 'flower-password'}\n"
               f"  Redis:  {s.redis_url.split('@')[-1]}"
-              f"{' (embedded, AOF in ' + str(s.data_dir / 'redis') + ')' if cluster.redis else ''}\n"
+              f"{' (embedded, AOF in ' + str(s.data_dir / 'redis') + ')' if cluster.embedded else ''}\n"
               f"  logs:   {s.data_dir / 'logs'}\n\n"
               f"  curl -H 'X-Token: {cluster.token}' -F file=@photo.jpg {api_url}/sr", flush=True)  # fmt: skip
         while True:

@@ -17,8 +17,8 @@ import numpy as np
 
 from common.imageio import encode
 from common.settings import DEFAULT_MAX_BYTES
-from tests.conftest import ALICE, BOB
 from tests.images import crafted_png
+from tests.tokens import ALICE, BOB
 
 COMPACT = "realesr-animevideov3"
 

@@ -6,16 +6,16 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import redis
 
-from common.embedded import EmbeddedRedis, free_port
+from common.cluster.embedded import EmbeddedRedis, free_port
+from common.cluster.store import WORKERS
 from common.settings import Settings
-from common.store import WORKERS
+from srcluster.commands import API_WORKERS, api_command, worker_command
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,14 +67,7 @@ class WorkerProcess:
         self.settings = settings
         self.name = name
         self.log = log_dir / f"worker-{name}.log"
-        args = [
-            sys.executable, "-m", "celery", "-A", "worker", "worker",
-            "--pool", "prefork", "--concurrency", str(concurrency),
-            "--hostname", f"{name}@test", "--loglevel", "INFO",
-            "--without-gossip", "--without-mingle",
-        ]  # fmt: skip
-        if queues:
-            args += ["--queues", queues]
+        args = worker_command(f"{name}@test", concurrency, queues=queues, quiet=True)
         with self.log.open("wb") as out:  # the child keeps its own descriptor
             self.process = subprocess.Popen(
                 args,
@@ -125,26 +118,13 @@ class WorkerProcess:
 class ApiServer:
     """The API under gunicorn, as deployed."""
 
-    def __init__(self, settings: Settings, log_dir: Path, workers: int = 2):
+    def __init__(self, settings: Settings, log_dir: Path, workers: int = API_WORKERS):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log_dir / "api.log"
         out = self.log.open("wb")
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "--bind",
-                f"127.0.0.1:{self.port}",
-                "--workers",
-                str(workers),
-                "--threads",
-                "4",
-                "--timeout",
-                "120",
-                "api:create_app()",
-            ],
+            api_command("127.0.0.1", self.port, workers),
             cwd=ROOT,
             env=child_env(settings),
             stdout=out,
@@ -161,7 +141,7 @@ class ApiServer:
                 raise AssertionError(f"API exited:\n{self.log.read_text()[-3000:]}")
             try:
                 return requests.get(self.url + "/healthz", timeout=2).status_code == 200
-            except requests.ConnectionError:
+            except requests.RequestException:  # not listening yet, or too busy to answer
                 return False
 
         wait_for(up, timeout, "the API to start")

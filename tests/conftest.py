@@ -14,6 +14,7 @@ import pytest
 from common.models import Registry
 from common.settings import Settings
 from tests.cluster import ApiServer, WorkerProcess, redis_for_tests
+from tests.tokens import TOKENS
 
 
 def photo_like(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -35,14 +36,14 @@ def photo_like(h: int, w: int, seed: int = 0) -> np.ndarray:
 
 
 @pytest.fixture(scope="session")
-def model_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    """Settings whose model cache lives for the whole session, so each model converts once."""
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """The session's settings: a model cache that lives for the whole session, so each model converts once."""
     return Settings(data_dir=tmp_path_factory.mktemp("models"), threads=2)
 
 
 @pytest.fixture(scope="session")
-def model_registry(model_settings: Settings) -> Registry:
-    return Registry(model_settings)
+def model_registry(settings: Settings) -> Registry:
+    return Registry(settings)
 
 
 @pytest.fixture(scope="session")
@@ -56,12 +57,6 @@ PHOTO = Path(__file__).parent / "data" / "photo.png"
 
 
 @pytest.fixture(scope="session")
-def settings(model_settings: Settings) -> Settings:
-    """The session's settings (models converted once), as the pipeline and CLI use them."""
-    return model_settings
-
-
-@pytest.fixture(scope="session")
 def photo() -> np.ndarray:
     """``tests/data/photo.png``: a real 160x120 photograph, (H, W, 3) RGB uint8."""
     bgr = cv2.imread(str(PHOTO), cv2.IMREAD_COLOR)
@@ -69,8 +64,6 @@ def photo() -> np.ndarray:
 
 
 # --- cluster: a real Redis, real worker processes, the API under gunicorn ---------
-ALICE = "alice-token-0123456789abcdef0123"
-BOB = "bob-token-0123456789abcdef01234567"
 
 
 @pytest.fixture(scope="session")
@@ -88,7 +81,7 @@ def cluster_settings(settings: Settings, redis_url: str) -> Settings:
     return dataclasses.replace(
         settings,
         redis_url=redis_url,
-        tokens=f"alice:{ALICE},bob:{BOB}",
+        tokens=TOKENS,
         threads=0,
         janitor_interval=1,
     )
@@ -113,3 +106,8 @@ def api(cluster_settings: Settings, logs: Path) -> Iterator[ApiServer]:
     server = ApiServer(cluster_settings, logs).wait_ready()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def model_settings(settings: Settings) -> Settings:  # TEMP-ALIAS: removed once helpers land
+    return settings

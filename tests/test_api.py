@@ -19,15 +19,14 @@ from flask.testing import FlaskClient
 from api import create_app
 from api.auth import TokenTable
 from api.fetch import fetch, is_public
-from common.embedded import free_port
+from common.cluster.embedded import free_port
+from common.cluster.store import JobStore
 from common.errors import BadParameter, ConfigError, ImageTooLarge
 from common.pipeline import JobPlan
 from common.settings import Settings
-from common.store import JobStore
 from tests.cluster import redis_for_tests
+from tests.tokens import ALICE, BOB, TOKENS
 
-ALICE = "alice-token-0123456789abcdefghij"
-BOB = "bob-token-0123456789abcdefghijklm"
 MODEL = "realesr-animevideov3"
 
 
@@ -44,7 +43,7 @@ def api_redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture
 def api_settings(settings: Settings, api_redis_url: str) -> Settings:
-    return dataclasses.replace(settings, redis_url=api_redis_url, tokens=f"alice:{ALICE},bob:{BOB}")
+    return dataclasses.replace(settings, redis_url=api_redis_url, tokens=TOKENS)
 
 
 @pytest.fixture
@@ -277,7 +276,7 @@ def test_submit_records_a_pending_job_and_queues_its_tiles(
 
     record = store.get(job_id)
     assert record is not None
-    tasks = JobPlan.from_dict(record.plan).task_count
+    tasks = JobPlan.from_dict(record.plan).part_count
     assert tasks > 1
     assert all(store.read_input(job_id, t) is not None for t in range(tasks))
     assert record.owner_name == "alice"
@@ -439,7 +438,7 @@ def test_download_of_a_pending_job_is_409(client: FlaskClient) -> None:
 
 def test_delete_of_a_pending_job_cancels_it(client: FlaskClient, store: JobStore) -> None:
     job_id = submit(client)
-    tasks = store.get(job_id).tasks  # type: ignore[union-attr]
+    tasks = store.get(job_id).parts  # type: ignore[union-attr]
     reply = client.delete(f"/result/{job_id}", headers=as_user(ALICE))
     assert reply.status_code == 200
     assert reply.json["result"]["status"] == "cancelled"

@@ -21,12 +21,12 @@ import requests
 
 from api import create_app, routes
 from api.fetch import fetch
+from common.cluster.store import JobStore, token_hash
 from common.settings import DEFAULT_MAX_BYTES, Settings
-from common.store import JobStore, token_hash
 from tests.bad_requests import CASES, COMPACT, PNG, BadRequest
 from tests.cluster import ApiServer
-from tests.conftest import ALICE
 from tests.test_cluster import download, submit, wait_done
+from tests.tokens import ALICE
 
 pytestmark = pytest.mark.cluster
 

@@ -7,6 +7,8 @@ count; a cancelled job stops and its data is gone; nobody reads another's job.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -15,48 +17,36 @@ import numpy as np
 import pytest
 import redis
 import requests
+from celery import Celery
 
+from common.cluster.protocol import STITCH_TASK, TILE_TASK, celery_config
+from common.cluster.store import JobStore
 from common.imageio import decode, encode
 from common.params import parse_params
 from common.pipeline import upscale_bytes
 from common.settings import Settings
-from common.store import JobStore
-from tests.cluster import ApiServer, WorkerProcess, wait_for
-from tests.conftest import ALICE, BOB
+from srcluster.client import Client
+from tests.cluster import ROOT, ApiServer, WorkerProcess, child_env, wait_for
+from tests.tokens import ALICE, BOB
 
 COMPACT = "realesr-animevideov3"
 pytestmark = pytest.mark.cluster
 
 
+def client(api: ApiServer, token: str = ALICE) -> Client:
+    return Client(api.url, token)
+
+
 def submit(api: ApiServer, data: bytes, token: str = ALICE, **fields: Any) -> str:
-    reply = requests.post(
-        api.url + "/sr",
-        headers={"X-Token": token},
-        files={"file": ("input.png", data, "image/png")},
-        data={"model": COMPACT, **{k: str(v) for k, v in fields.items()}},
-        timeout=60,
-    )
-    assert reply.status_code == 202, reply.text
-    body = reply.json()
-    assert body["message"] == "Success"
-    assert reply.headers["Location"].endswith(f"/result/{body['task_id']}")
-    return str(body["task_id"])
+    return client(api, token).submit(data, model=COMPACT, **fields)
 
 
 def result(api: ApiServer, job_id: str, token: str = ALICE) -> dict[str, Any]:
-    reply = requests.get(f"{api.url}/result/{job_id}", headers={"X-Token": token}, timeout=30)
-    assert reply.status_code == 200, reply.text
-    return dict(reply.json()["result"])
+    return client(api, token).result(job_id)
 
 
 def wait_done(api: ApiServer, job_id: str, timeout: float = 120) -> dict[str, Any]:
-    def finished() -> dict[str, Any] | None:
-        body = result(api, job_id)
-        return body if body["status"] in ("success", "failed", "cancelled") else None
-
-    body = wait_for(finished, timeout, f"job {job_id}", interval=0.2)
-    assert isinstance(body, dict)
-    return body
+    return client(api).wait(job_id, timeout)
 
 
 def download(api: ApiServer, job_id: str, token: str = ALICE) -> requests.Response:
@@ -183,3 +173,32 @@ def test_another_token_sees_nothing(api, worker, photo) -> None:
         assert reply.status_code == missing.status_code == 404
         assert reply.json() == missing.json()
     assert download(api, job_id).status_code == 200, "the owner still has it"
+
+
+def test_a_real_worker_registers_both_tasks_and_announces_itself(worker, cluster_settings) -> None:
+    client = Celery("probe", broker=cluster_settings.redis_url, set_as_current=False)
+    client.conf.update(celery_config(cluster_settings))
+    try:
+        registered = client.control.inspect([worker.hostname], timeout=10).registered() or {}
+    finally:
+        client.close()
+    assert {TILE_TASK, STITCH_TASK} <= set(registered.get(worker.hostname, [])), registered
+    store = JobStore.from_url(cluster_settings.redis_url, 60)
+    assert store.worker_slots() >= 1, "the janitor announces the worker's tile processes"
+    store.close()
+
+
+@pytest.mark.parametrize("first", ["worker.app", "worker.tasks", "worker.runtime", "worker"])
+def test_worker_modules_import_in_any_order(first: str, cluster_settings) -> None:
+    # imports run one way (app <- runtime <- tasks): no "partially initialized module"
+    code = f"import {first}, worker.tasks; print(sorted(worker.app.tasks))"
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env=child_env(cluster_settings),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert TILE_TASK in done.stdout and STITCH_TASK in done.stdout

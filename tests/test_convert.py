@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import pytest
 
-from common.engine import OrtEngine
+from common.engines.ort import OrtEngine
 from common.errors import ConversionError
 from common.models import Registry
 from common.ncnn import build_model, convert, read_param

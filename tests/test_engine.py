@@ -6,7 +6,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from common.engine import OrtEngine, clear_engines, get_engine
+from common.engines import clear_engines, get_engine
+from common.engines.ort import OrtEngine
 from common.errors import BadParameter, ModelError
 from common.models import Registry
 from common.settings import Settings

@@ -20,16 +20,16 @@ from typing import Any
 import numpy as np
 import pytest
 import redis
-import requests
 
-from common.embedded import EmbeddedRedis
+from common.cluster.embedded import EmbeddedRedis
+from common.cluster.store import JobStore
 from common.imageio import decode, encode
 from common.params import parse_params
 from common.pipeline import upscale_bytes
 from common.settings import Settings
-from common.store import JobStore
+from srcluster.client import Client
 from tests.cluster import ApiServer, WorkerProcess, wait_for
-from tests.conftest import ALICE
+from tests.tokens import ALICE
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 COMPACT = "realesr-animevideov3"
@@ -91,21 +91,13 @@ def image(width: int = 768, height: int = 512, seed: int = 0) -> bytes:
 
 
 def submit(api: ApiServer, data: bytes, **fields: Any) -> str:
-    reply = requests.post(
-        api.url + "/sr",
-        headers={"X-Token": ALICE},
-        files={"file": ("in.png", data)},
-        data={"model": COMPACT, "tile_size": str(TILE), **{k: str(v) for k, v in fields.items()}},
-        timeout=60,
-    )
-    assert reply.status_code == 202, reply.text
-    return str(reply.json()["task_id"])
+    return Client(api.url, ALICE).submit(data, **{"model": COMPACT, "tile_size": TILE, **fields})
 
 
 def final(store: JobStore, job_id: str, timeout: float = 120) -> Any:
     def ended() -> Any:
         record = store.get(job_id)
-        return record if record is not None and record.status.final else None
+        return record if record is not None and record.status.finished else None
 
     return wait_for(ended, timeout, f"job {job_id} to end", interval=0.1)
 
@@ -123,15 +115,12 @@ def assert_identical_and_stitched_once(
 ) -> None:
     record = final(store, job_id)
     assert record.status.value == "success", record
-    reply = requests.get(
-        f"{api.url}/result/{job_id}/download", headers={"X-Token": ALICE}, timeout=60
-    )
-    assert reply.status_code == 200
+    downloaded = Client(api.url, ALICE).download(job_id)
     expected, _ = upscale_bytes(data, parse_params(model=COMPACT, tile_size=TILE), settings)
     np.testing.assert_array_equal(
-        decode(reply.content, 1 << 30).pixels, decode(expected, 1 << 30).pixels
+        decode(downloaded, 1 << 30).pixels, decode(expected, 1 << 30).pixels
     )
-    assert int(store.redis.hget(store.key(job_id), "stitches")) == 1
+    assert store.get(job_id).stitches == 1  # type: ignore[union-attr]
 
 
 def test_pool_child_killed_mid_tile(fault_api, fault_settings, store, start_worker) -> None:
@@ -217,7 +206,7 @@ def test_job_past_its_timeout_fails_and_drops_its_tiles(fault_api, store, start_
     job_id = submit(fault_api, image(2048, 1024, seed=4), timeout=2)
     record = final(store, job_id, timeout=60)
     assert record.status.value == "failed" and record.error_code == "timeout"
-    assert record.done < record.tasks
+    assert record.done < record.parts
     time.sleep(2)
     assert not list(store.redis.scan_iter(match=store.key(job_id, "in", "*")))
     assert store.get(job_id).done == record.done, "the remaining tiles were dropped"
@@ -233,7 +222,7 @@ def test_stuck_job_is_found_and_failed(fault_api, fault_settings, store, start_w
     start_worker("janitor")
     record = final(store, job_id, timeout=60)
     assert record.status.value == "failed" and record.error_code == "timeout"
-    assert f"{record.tasks - 1} of {record.tasks} tiles done" in (record.error or "")
+    assert f"{record.parts - 1} of {record.parts} tiles done" in (record.error or "")
 
 
 def test_lost_chord_bookkeeping_is_recovered_by_the_janitor(

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from api import create_app, routes
 from api.fetch import fetch
 from common.settings import Settings
-from tests.conftest import ALICE
+from tests.tokens import ALICE
 
 pytestmark = pytest.mark.cluster
 

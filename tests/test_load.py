@@ -10,7 +10,7 @@ import pytest
 
 from bench.load import MODEL, local_outputs, make_inputs, run_load
 from tests.cluster import WorkerProcess
-from tests.conftest import ALICE
+from tests.tokens import ALICE
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 

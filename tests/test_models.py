@@ -20,7 +20,7 @@ from common.settings import Settings
 def test_builtins_are_listed_with_their_scales(tmp_path: Path) -> None:
     registry = Registry(Settings(data_dir=tmp_path))
     assert DEFAULT_MODEL in registry.names()
-    assert {s.name: s.scale for s in registry.list()} == {
+    assert {s.name: s.scale for s in registry.specs()} == {
         "realesrgan-x4plus": 4,
         "realesrgan-x4plus-anime": 4,
         "realesr-animevideov3": 4,

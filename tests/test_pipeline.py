@@ -10,7 +10,7 @@ from PIL import Image as PILImage
 from PIL import ImageCms
 
 from common import tiling
-from common.engine import get_engine
+from common.engines import get_engine
 from common.errors import BadParameter, ImageTooLarge, UnknownModel, UnsupportedImage
 from common.imageio import Image, decode, encode
 from common.models import Registry

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from common.embedded import EmbeddedRedis
+from common.cluster.embedded import EmbeddedRedis
 from common.settings import Settings
 from tests.bad_requests import PNG
 from tests.cluster import ApiServer, WorkerProcess

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import redis
 
-from common import jobs
-from common.store import JobStatus, JobStore, pack_array, unpack_array
+from common.cluster import jobs
+from common.cluster.store import JobStatus, JobStore, pack_array, unpack_array
 
 
 @pytest.fixture
@@ -45,18 +45,18 @@ def test_arrays_round_trip_and_pickles_are_refused() -> None:
 def test_a_job_lives_and_ends_once(store: JobStore) -> None:
     job_id = new_job(store)
     record = store.get(job_id)
-    assert record is not None and record.status is JobStatus.PENDING and record.tasks == 3
+    assert record is not None and record.status is JobStatus.PENDING and record.parts == 3
     assert (
         store.redis.ttl(store.key(job_id)) > 0 and store.redis.ttl(store.key(job_id, "in", 0)) > 0
     )
     store.start(job_id)
-    assert store.finish_task(job_id, 0, b"out", "w1") == 1
-    assert store.finish_task(job_id, 0, b"out", "w2") == 1, "a redelivered tile counts once"
+    assert store.record_output(job_id, 0, b"out", "w1") == 1
+    assert store.record_output(job_id, 0, b"out", "w2") == 1, "a redelivered tile counts once"
     assert store.succeed(job_id, b"image", {"size": 5})
     assert not store.succeed(job_id, b"other", {"size": 5}), "success is final"
     assert not store.fail(job_id, "x", "late failure")
     assert not store.cancel(job_id)
-    assert store.finish_task(job_id, 2, b"late", "w1") == -1, "a late tile stores nothing"
+    assert store.record_output(job_id, 2, b"late", "w1") == -1, "a late tile stores nothing"
     assert store.redis.get(store.key(job_id, "out", 2)) is None
     record = store.get(job_id)
     assert (

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from common.embedded import free_port
+from common.cluster.embedded import free_port
 from common.settings import Settings
 from tests.cluster import ROOT, child_env, wait_for
 

@@ -1,71 +1,82 @@
-"""Per-process state of a worker: settings with the right thread count, the store, the janitor.
+"""Per-process state of a worker: its settings, its store, and the janitor thread.
 
-ONNX Runtime gets one inference thread per core in total: a worker of N
-processes gives each session ``cores / N`` intra-op threads (more threads than
-cores measured 12-26 % slower), unless ``SRCLUSTER_THREADS`` says otherwise.
-Sessions are created lazily, once per model per process (:func:`common.engine.get_engine`).
+Settings reach the worker one way, :func:`settings`: what
+:data:`worker.app.settings` read from the environment, with the thread rule of
+:meth:`~common.settings.Settings.session_threads` resolved once for this
+worker's pool size before the pool forks (``worker_init``), so each of N pool
+processes gets ``cores / N`` inference threads unless ``SRCLUSTER_THREADS``
+says otherwise. Engine sessions are built lazily, once per model per process
+(:func:`common.engines.get_engine`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import threading
 import time
 from typing import Any
 
 from celery import signals
 
-from common import jobs
-from common.settings import Settings, available_cores
-from common.store import JobStore
+from common.cluster import jobs
+from common.cluster.protocol import STITCH_TASK
+from common.cluster.store import JobStore
+from common.settings import Settings
 from worker.app import app
+from worker.app import settings as configured
 
 log = logging.getLogger(__name__)
-_state: dict[str, Any] = {}
+
+# outside a worker (a test importing the tasks) one process has all the cores
+_settings = dataclasses.replace(configured, threads=configured.session_threads())
+_pool_processes = 1
+_store: JobStore | None = None
 
 
 def settings() -> Settings:
-    if "settings" not in _state:
-        base: Settings = app.conf.srcluster_settings
-        if base.threads == 0:
-            processes = int(os.environ.get("SRCLUSTER_WORKER_PROCESSES", "1"))
-            base = dataclasses.replace(base, threads=max(1, available_cores() // processes))
-        _state["settings"] = base
-    result: Settings = _state["settings"]
-    return result
+    """This process's settings, threads resolved (see the module docstring)."""
+    return _settings
 
 
 def store() -> JobStore:
-    if "store" not in _state:
-        s = app.conf.srcluster_settings
-        _state["store"] = JobStore.from_url(s.redis_url, s.result_ttl)
-    result: JobStore = _state["store"]
-    return result
+    """This process's job store (one Redis connection pool per process)."""
+    global _store
+    if _store is None:
+        _store = JobStore.from_url(_settings.redis_url, _settings.result_ttl)
+    return _store
+
+
+def _pool_size(sender: Any) -> int:
+    concurrency = getattr(sender, "concurrency", 1)
+    return concurrency if isinstance(concurrency, int) and concurrency > 0 else 1
 
 
 @signals.worker_init.connect
-def _remember_concurrency(sender: Any = None, **_: Any) -> None:
-    # children are forked after this, so they inherit it
-    os.environ["SRCLUSTER_WORKER_PROCESSES"] = str(getattr(sender, "concurrency", 1) or 1)
+def _resolve_threads(sender: Any = None, **_: Any) -> None:
+    # runs in the main process before the pool forks: every child inherits the result
+    global _settings, _pool_processes
+    _pool_processes = _pool_size(sender)
+    _settings = dataclasses.replace(configured, threads=configured.session_threads(_pool_processes))
 
 
 @signals.worker_process_init.connect
 def _fresh_process(**_: Any) -> None:
-    _state.clear()  # no Redis connection or session is shared across a fork
+    global _store
+    _store = None  # no Redis connection is shared across a fork
 
 
 @signals.worker_ready.connect
 def _start_janitor(sender: Any = None, **_: Any) -> None:
     name = getattr(sender, "hostname", None) or "worker"
-    slots = int(os.environ.get("SRCLUSTER_WORKER_PROCESSES", "1"))
+    slots = _pool_processes
     consumes_tiles = True
     try:
         queues = {q.name for q in sender.app.amqp.queues.consume_from.values()}
-        consumes_tiles = app.conf.srcluster_settings.tile_queue in queues
+        consumes_tiles = configured.tile_queue in queues
     except Exception:  # older Celery: assume it takes tiles
         pass
+    log.info("srcluster worker %s: %d tile process(es), %s", name, slots, settings())
     threading.Thread(
         target=_janitor,
         args=(name, slots if consumes_tiles else 0),
@@ -76,7 +87,7 @@ def _start_janitor(sender: Any = None, **_: Any) -> None:
 
 def _janitor(name: str, slots: int) -> None:
     """Announce this worker and end overdue jobs, forever (a daemon thread of the main process)."""
-    s: Settings = app.conf.srcluster_settings
+    s = settings()
     janitor_store = JobStore.from_url(s.redis_url, s.result_ttl)
     while True:
         try:
@@ -85,7 +96,7 @@ def _janitor(name: str, slots: int) -> None:
                 log.warning("job %s ended failed: past its timeout", job_id)
             for job_id in jobs.unstitched(janitor_store, grace=max(5.0, 2.0 * s.janitor_interval)):
                 log.warning("job %s: every tile is done but no stitch came; sending one", job_id)
-                app.send_task("srcluster.stitch", args=([], job_id), queue=s.stitch_queue)
+                app.send_task(STITCH_TASK, args=([], job_id), queue=s.stitch_queue)
         except Exception:  # Redis restarting: try again next round
             log.warning("janitor round failed", exc_info=True)
         time.sleep(s.janitor_interval)

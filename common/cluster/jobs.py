@@ -1,11 +1,12 @@
-"""The cluster's three steps, framework-free: prepare (API), run a tile and stitch (worker).
+"""The cluster's steps, framework-free: prepare and submit (API), run a part and stitch (worker).
 
 They call the same functions as :func:`common.pipeline.run_plan`, in the same
 order, so a job run across hosts gives the local pipeline's pixels exactly.
-The Celery tasks and Flask routes only move arguments to and from here.
+The Celery tasks and Flask routes only move arguments to and from here, and
+every Redis read or write goes through :class:`~common.cluster.store.JobStore`.
 
-Every step is safe to repeat (Celery redelivers after a worker dies): a tile
-rewrites the same output key and re-adds the same index to the done set; a
+Every step is safe to repeat (Celery redelivers after a worker dies): a part
+rewrites the same output key and re-adds the same number to the done set; a
 stitch stores a result and ends the job only once (the status transition is
 atomic and ``success`` is final).
 """
@@ -20,21 +21,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from common import tiling
-from common.engine import get_engine
-from common.imageio import Image, content_type, decode, encode
+from common.cluster.store import JobStatus, JobStore, pack_array, unpack_array
+from common.engines import get_engine
+from common.imageio import Image, content_type, decode
 from common.models import Registry
 from common.params import UpscaleParams
 from common.pipeline import (
     JobPlan,
+    assemble,
     check_bytes,
-    finish,
+    encode_result,
     infer_windows,
     make_plan,
     plane_inputs,
     uninferred_alpha,
 )
 from common.settings import Settings
-from common.store import ACTIVE, JobStatus, JobStore, pack_array, unpack_array
 
 STITCH_CHUNK = 16
 """Output cores fetched from Redis at a time while stitching (bounds the stitch's memory)."""
@@ -49,11 +51,11 @@ class Prepared:
     image: Image
 
     def inputs(self) -> Iterator[tuple[int, bytes]]:
-        """``(task, npy bytes)`` for every task, made lazily (one window in memory at a time)."""
+        """``(part, npy bytes)`` for every part, made lazily (one window in memory at a time)."""
         tiles = self.plan.tiles
         for p, extended in enumerate(plane_inputs(self.image.pixels, self.plan)):
             for tile in tiles.tiles:
-                yield p * len(tiles) + tile.index, pack_array(tiling.window(extended, tiles, tile))
+                yield self.plan.part(p, tile), pack_array(tiling.window(extended, tiles, tile))
 
     def extras(self) -> dict[str, bytes]:
         extras: dict[str, bytes] = {}
@@ -109,67 +111,64 @@ def submit(
     )
 
 
-def tile_result(job_id: str, task: int) -> str:
+def part_result(job_id: str, part: int) -> str:
     """What a tile task returns: deterministic, so a redelivered tile returns the same."""
-    return f"{job_id}:{task}"
+    return f"{job_id}:{part}"
 
 
-def run_tile(store: JobStore, settings: Settings, job_id: str, task: int, worker: str) -> str:
-    """Infer one task of a job and store its integer core; skip work a finished job no longer needs.
+def run_part(store: JobStore, settings: Settings, job_id: str, part: int, worker: str) -> str:
+    """Infer one part of a job and store its integer core; skip work a finished job no longer needs.
 
     Ends the job ``failed`` when it is past its deadline (``timeout``) or when this
-    task has been delivered more than ``settings.max_deliveries`` times (a tile
+    part has been delivered more than ``settings.max_deliveries`` times (a tile
     that kills its worker every time).
     """
     record = store.get(job_id)
-    if record is None or record.status.final:
-        return tile_result(job_id, task)
+    if record is None or record.status.finished:
+        return part_result(job_id, part)
     if time.time() > record.deadline:
         store.fail(job_id, "timeout", "the job ran past its timeout")
-        return tile_result(job_id, task)
-    deliveries = store.count_delivery(job_id, task, f"{worker}:{os.getpid()}")
+        return part_result(job_id, part)
+    deliveries = store.count_delivery(job_id, part, f"{worker}:{os.getpid()}")
     if deliveries > settings.max_deliveries:
         store.fail(
             job_id,
             "poison_tile",
-            f"tile {task} was started {deliveries - 1} times and never finished "
+            f"tile {part} was started {deliveries - 1} times and never finished "
             "(it stops the worker that runs it)",
         )
-        return tile_result(job_id, task)
+        return part_result(job_id, part)
     store.start(job_id)
-    data = store.read_input(job_id, task)
-    if data is None:  # the job ended (and dropped its tiles) while this task waited
-        return tile_result(job_id, task)
+    data = store.read_input(job_id, part)
+    if data is None:  # the job ended (and dropped its tiles) while this part waited
+        return part_result(job_id, part)
     plan = JobPlan.from_dict(record.plan)
-    tiles = plan.tiles
-    plane = plan.planes[task // len(tiles)]
-    tile = tiles.tiles[task % len(tiles)]
+    plane, tile = plan.locate(part)
     output = infer_windows(get_engine(plan.model, settings), [unpack_array(data)])[0]
-    core = tiling.tile_core(
-        tiles, tile, output, plan.model_scale, plan.plane_channels(plane), plan.numpy_dtype
-    )
-    store.finish_task(job_id, task, pack_array(core), worker)
-    return tile_result(job_id, task)
+    channels = plan.plane_channels(plan.planes[plane])
+    core = tiling.tile_core(plan.tiles, tile, output, plan.model_scale, channels, plan.numpy_dtype)
+    store.record_output(job_id, part, pack_array(core), worker)
+    return part_result(job_id, part)
 
 
-class NotReady(Exception):
-    """The stitch ran before every tile was done (a redelivered tile fired the chord early)."""
+class TilesPending(Exception):
+    """The stitch ran before every part was done (a redelivered tile fired the chord early)."""
 
 
 def stitch(store: JobStore, settings: Settings, job_id: str) -> bool:
     """Assemble, post-process and encode a job's result; returns whether this call ended the job.
 
     Raises:
-        NotReady: some tiles are not done yet; try again shortly.
+        TilesPending: some parts are not done yet; try again shortly.
     """
     record = store.get(job_id)
-    if record is None or record.status.final:
+    if record is None or record.status.finished:
         return False
     if time.time() > record.deadline:
         store.fail(job_id, "timeout", "the job ran past its timeout")
         return False
-    if record.done < record.tasks:
-        raise NotReady(f"{record.done} of {record.tasks} tiles done")
+    if record.done < record.parts:
+        raise TilesPending(f"{record.done} of {record.parts} tiles done")
     plan = JobPlan.from_dict(record.plan)
     tiles = plan.tiles
     canvases = []
@@ -177,31 +176,27 @@ def stitch(store: JobStore, settings: Settings, job_id: str) -> bool:
         canvas = tiling.Canvas(
             tiles, plan.model_scale, plan.plane_channels(plane), plan.numpy_dtype
         )
-        first = p * len(tiles)
         for start in range(0, len(tiles), STITCH_CHUNK):
             group = tiles.tiles[start : start + STITCH_CHUNK]
-            keys = [store.key(job_id, "out", first + t.index) for t in group]
-            for tile, data in zip(group, store.redis.mget(keys), strict=True):
+            parts = [plan.part(p, t) for t in group]
+            for tile, part, data in zip(
+                group, parts, store.read_outputs(job_id, parts), strict=True
+            ):
                 if data is None:
                     if store.status(job_id) in (JobStatus.PENDING, JobStatus.PROCESSING):
-                        store.fail(
-                            job_id,
-                            "lost_tile",
-                            f"the output of tile {first + tile.index} is missing",
-                        )
+                        store.fail(job_id, "lost_tile", f"the output of tile {part} is missing")
                     return False
                 canvas.paste(tile, unpack_array(data))
         canvases.append(canvas.pixels)
     alpha_data = store.read_extra(job_id, "alpha")
     alpha = unpack_array(alpha_data) if alpha_data is not None else None
-    pixels = finish(plan, canvases, alpha)
-    encoded = encode(
+    pixels = assemble(plan, canvases, alpha)
+    encoded = encode_result(
         pixels,
-        plan.format,
+        plan,
+        settings,
         icc=store.read_extra(job_id, "icc"),
         exif=store.read_extra(job_id, "exif"),
-        jpeg_quality=settings.jpeg_quality,
-        webp_quality=settings.webp_quality,
     )
     output: dict[str, Any] = {
         "size": len(encoded),
@@ -210,10 +205,7 @@ def stitch(store: JobStore, settings: Settings, job_id: str) -> bool:
         "format": plan.format,
         "content_type": content_type(plan.format),
     }
-    ended = store.succeed(job_id, encoded, output)
-    if ended:
-        store.redis.hincrby(store.key(job_id), "stitches", 1)
-    return ended
+    return store.succeed(job_id, encoded, output)
 
 
 def unstitched(store: JobStore, grace: float, now: float | None = None) -> list[str]:
@@ -227,16 +219,13 @@ def unstitched(store: JobStore, grace: float, now: float | None = None) -> list[
     """
     now = time.time() if now is None else now
     ids = store.unfinished()
-    pipe = store.redis.pipeline(transaction=False)
-    for job_id in ids:
-        pipe.hmget(store.key(job_id), "completed", "stitch_requested")
     found = []
-    for job_id, (completed, asked) in zip(ids, pipe.execute() if ids else [], strict=True):
-        if completed is None or now - float(completed) < grace:
+    for job_id, (landed, asked) in zip(ids, store.stitch_marks(ids), strict=True):
+        if landed is None or now - landed < grace:
             continue
-        if asked is not None and now - float(asked) < grace:
+        if asked is not None and now - asked < grace:
             continue
-        store.redis.hset(store.key(job_id), "stitch_requested", now)
+        store.mark_stitch_requested(job_id, now)
         found.append(job_id)
     return found
 
@@ -252,12 +241,12 @@ def reap(store: JobStore, now: float | None = None) -> list[str]:
     for job_id in store.overdue(now):
         record = store.get(job_id)
         if record is None:
-            store.redis.zrem(ACTIVE, store.key(job_id))
+            store.forget(job_id)
             continue
-        if record.done >= record.tasks:
+        if record.done >= record.parts:
             reason = "every tile finished but the stitch never ran"
         else:
-            reason = f"the job ran past its timeout with {record.done} of {record.tasks} tiles done"
+            reason = f"the job ran past its timeout with {record.done} of {record.parts} tiles done"
         if store.fail(job_id, "timeout", reason):
             ended.append(job_id)
     return ended

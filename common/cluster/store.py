@@ -1,17 +1,25 @@
-"""Jobs, tiles and results in Redis, under one prefix per job, every key with a TTL.
+"""Jobs, tiles and results in Redis: the only module that reads or writes them.
 
-Keys (``P`` = ``srcluster:job:<id>``)::
+A job's work is numbered in *parts*: one part is one tile of one plane (see
+:meth:`common.pipeline.JobPlan.part`). Keys (``P`` = ``srcluster:job:<id>``),
+every one with the result TTL::
 
-    P               hash: status, owner (sha256 of the token), params, plan, timings, error, output meta
-    P:done          set of finished task indices (SADD is idempotent under redelivery; SCARD is progress)
-    P:in:<task>     input window of one task, a raw array (npy)
-    P:out:<task>    integer output core of one task, a raw array (npy)
+    P               hash: the fields of :class:`JobRecord`, and
+                      status, owner (sha256 of the token), owner_name, params, plan (JSON),
+                      parts, created, deadline, started, finished, error, error_code, output,
+                      landed            when the last part's output landed (the stitch should follow)
+                      stitch_requested  when the janitor last re-sent a stitch for it
+                      stitches          how many stitches ended the job (1; more would be a bug)
+    P:done          set of finished part numbers (SADD is idempotent under redelivery; SCARD is progress)
+    P:in:<part>     input window of one part, a raw array (npy)
+    P:out:<part>    integer output core of one part, a raw array (npy)
     P:extra:<name>  what the stitch needs besides tiles: the input alpha, the ICC profile, the EXIF
     P:result        the encoded final image
-    P:deliveries    hash task -> deliveries so far (a poison tile fails its job, it does not loop)
-    P:workers       hash task -> the worker that ran it
-    P:running       hash task -> the process (host:pid) that last started it
-    srcluster:active  sorted set of unfinished job ids, scored by deadline (for the periodic check)
+    P:deliveries    hash part -> deliveries so far (a poison tile fails its job, it does not loop)
+    P:workers       hash part -> the worker that ran it
+    P:running       hash part -> the process (host:pid) that last started it
+    srcluster:active         sorted set of unfinished job keys, scored by deadline (the periodic check)
+    srcluster:worker:<name>  a worker's heartbeat: its tile processes, expiring unless repeated
 
 Arrays travel as ``.npy`` bytes (dtype, shape, data; never pickles), not PNG:
 encoding every tile would cost more than a compact-model tile's inference.
@@ -51,7 +59,8 @@ class JobStatus(StrEnum):
     CANCELLED = "cancelled"
 
     @property
-    def final(self) -> bool:
+    def finished(self) -> bool:
+        """Whether the job has ended (``success``, ``failed`` or ``cancelled``); that is final."""
         return self in (JobStatus.SUCCESS, JobStatus.FAILED, JobStatus.CANCELLED)
 
 
@@ -82,12 +91,12 @@ return 1
 """
 
 
-# KEYS: job hash, output key, done set, workers hash; ARGV: output, task, worker, ttl, now.
-# Stores a task's output only while its job is unfinished (a tile finishing after a
-# cancel must not leave data behind), and notes when the last tile landed, so the
-# janitor can tell a job whose stitch never came. Returns the tasks done, or -1 if
+# KEYS: job hash, output key, done set, workers hash; ARGV: output, part, worker, ttl, now.
+# Stores a part's output only while its job is unfinished (a tile finishing after a
+# cancel must not leave data behind), and notes when the last part landed, so the
+# janitor can tell a job whose stitch never came. Returns the parts done, or -1 if
 # the job has ended.
-_FINISH_TASK = """
+_RECORD_OUTPUT = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= 'pending' and status ~= 'processing' then return -1 end
 local ttl = tonumber(ARGV[4])
@@ -97,8 +106,8 @@ redis.call('EXPIRE', KEYS[3], ttl)
 redis.call('HSET', KEYS[4], ARGV[2], ARGV[3])
 redis.call('EXPIRE', KEYS[4], ttl)
 local done = redis.call('SCARD', KEYS[3])
-if done >= tonumber(redis.call('HGET', KEYS[1], 'tasks')) then
-  redis.call('HSETNX', KEYS[1], 'completed', ARGV[5])
+if done >= tonumber(redis.call('HGET', KEYS[1], 'parts')) then
+  redis.call('HSETNX', KEYS[1], 'landed', ARGV[5])
 end
 return done
 """
@@ -132,14 +141,18 @@ class JobRecord:
     owner_name: str
     params: dict[str, Any]
     plan: dict[str, Any]
-    tasks: int
+    parts: int
     created: float
     deadline: float
     done: int = 0
     started: float | None = None
     finished: float | None = None
-    completed: float | None = None
-    """When the last tile landed (the stitch should follow)."""
+    landed: float | None = None
+    """When the last part's output landed (the stitch should follow)."""
+    stitch_requested: float | None = None
+    """When the janitor last re-sent a stitch (see :func:`common.cluster.jobs.unstitched`)."""
+    stitches: int = 0
+    """Stitches that ended the job ``success``: 1 once it has, never more."""
     error: str | None = None
     error_code: str | None = None
     output: dict[str, Any] = field(default_factory=dict)
@@ -148,7 +161,7 @@ class JobRecord:
         """The ``result`` object of ``GET /result/<id>``."""
         body: dict[str, Any] = {
             "status": self.status.value,
-            "progress": {"done": self.done, "total": self.tasks},
+            "progress": {"done": self.done, "total": self.parts},
             "model": self.params.get("model"),
             "created": self.created,
         }
@@ -174,15 +187,27 @@ class JobStore:
         self.redis: Any = client
         self.ttl = ttl
         self._transition = client.register_script(_TRANSITION)
-        self._finish_task = client.register_script(_FINISH_TASK)
+        self._record_output = client.register_script(_RECORD_OUTPUT)
 
     @classmethod
-    def from_url(cls, url: str, ttl: int) -> JobStore:
-        return cls(redis.Redis.from_url(url, health_check_interval=30), ttl)
+    def from_url(cls, url: str, ttl: int, connect_timeout: float | None = None) -> JobStore:
+        """A store on the Redis at ``url``; ``connect_timeout`` bounds each connection attempt."""
+        client = redis.Redis.from_url(
+            url, health_check_interval=30, socket_connect_timeout=connect_timeout
+        )
+        return cls(client, ttl)
 
     @staticmethod
     def key(job_id: str, *parts: object) -> str:
         return PREFIX + job_id + "".join(f":{p}" for p in parts)
+
+    def ping(self) -> None:
+        """Raise ``redis.RedisError`` unless Redis answers."""
+        self.redis.ping()
+
+    def close(self) -> None:
+        """Release this store's connections."""
+        self.redis.close()
 
     # --- creating and reading jobs -------------------------------------------------
 
@@ -198,13 +223,13 @@ class JobStore:
         extras: Mapping[str, bytes],
         timeout: float,
     ) -> None:
-        """Record a new ``pending`` job with its input windows, all expiring after the TTL."""
+        """Record a new ``pending`` job with its input windows (``(part, npy bytes)``), all expiring after the TTL."""
         now = time.time()
-        tasks = 0
+        parts = 0
         pipe = self.redis.pipeline(transaction=True)
-        for task, data in inputs:
-            pipe.set(self.key(job_id, "in", task), data, ex=self.ttl)
-            tasks += 1
+        for part, data in inputs:
+            pipe.set(self.key(job_id, "in", part), data, ex=self.ttl)
+            parts += 1
         for name, data in extras.items():
             pipe.set(self.key(job_id, "extra", name), data, ex=self.ttl)
         record = {
@@ -213,7 +238,7 @@ class JobStore:
             "owner_name": owner_name,
             "params": json.dumps(dict(params)),
             "plan": json.dumps(dict(plan)),
-            "tasks": tasks,
+            "parts": parts,
             "created": now,
             "deadline": now + timeout,
         }
@@ -239,13 +264,17 @@ class JobStore:
             owner_name=fields.get("owner_name", ""),
             params=json.loads(fields["params"]),
             plan=json.loads(fields["plan"]),
-            tasks=int(fields["tasks"]),
+            parts=int(fields["parts"]),
             created=float(fields["created"]),
             deadline=float(fields["deadline"]),
             done=int(done),
             started=float(fields["started"]) if "started" in fields else None,
             finished=float(fields["finished"]) if "finished" in fields else None,
-            completed=float(fields["completed"]) if "completed" in fields else None,
+            landed=float(fields["landed"]) if "landed" in fields else None,
+            stitch_requested=(
+                float(fields["stitch_requested"]) if "stitch_requested" in fields else None
+            ),
+            stitches=int(fields.get("stitches", 0)),
             error=fields.get("error"),
             error_code=fields.get("error_code"),
             output=output,
@@ -304,7 +333,7 @@ class JobStore:
         return changed
 
     def succeed(self, job_id: str, result: bytes, output: Mapping[str, Any]) -> bool:
-        """Store the final image and end the job ``success``; a second call changes nothing."""
+        """Store the final image and end the job ``success`` (counting the stitch); a second call changes nothing."""
         if self.status(job_id) not in (JobStatus.PENDING, JobStatus.PROCESSING):
             return False
         self.redis.set(self.key(job_id, "result"), result, ex=self.ttl)
@@ -316,6 +345,7 @@ class JobStore:
             finished=time.time(),
         )
         if changed:
+            self.redis.hincrby(self.key(job_id), "stitches", 1)
             self.drop_tiles(job_id)
         else:
             # cancelled between the check and the transition: the result must not outlive it
@@ -339,53 +369,55 @@ class JobStore:
         if keys:
             self.redis.delete(*keys)
 
-    # --- tiles ----------------------------------------------------------------
+    # --- parts ----------------------------------------------------------------
 
-    def read_input(self, job_id: str, task: int) -> bytes | None:
-        value: bytes | None = self.redis.get(self.key(job_id, "in", task))
+    def read_input(self, job_id: str, part: int) -> bytes | None:
+        """A part's input window (npy bytes), or ``None`` once the job has dropped its tiles."""
+        value: bytes | None = self.redis.get(self.key(job_id, "in", part))
         return value
 
     def read_extra(self, job_id: str, name: str) -> bytes | None:
         value: bytes | None = self.redis.get(self.key(job_id, "extra", name))
         return value
 
-    def finish_task(self, job_id: str, task: int, output: bytes, worker: str) -> int:
-        """Store a task's output core, mark it done, note the worker, atomically.
+    def record_output(self, job_id: str, part: int, output: bytes, worker: str) -> int:
+        """Store a part's output core, mark it done, note the worker, atomically.
 
-        Returns the tasks done so far, or -1 (and stores nothing) if the job has ended.
+        Returns the parts done so far, or -1 (and stores nothing) if the job has ended.
         """
         keys = [
             self.key(job_id),
-            self.key(job_id, "out", task),
+            self.key(job_id, "out", part),
             self.key(job_id, "done"),
             self.key(job_id, "workers"),
         ]
-        done: int = self._finish_task(keys=keys, args=[output, task, worker, self.ttl, time.time()])
+        done: int = self._record_output(
+            keys=keys, args=[output, part, worker, self.ttl, time.time()]
+        )
         return done
 
-    def read_outputs(self, job_id: str, tasks: int) -> list[bytes | None]:
-        values: list[bytes | None] = self.redis.mget(
-            [self.key(job_id, "out", t) for t in range(tasks)]
-        )
+    def read_outputs(self, job_id: str, parts: Iterable[int]) -> list[bytes | None]:
+        """The output cores of ``parts`` (npy bytes; ``None`` for one missing), in one round trip."""
+        values: list[bytes | None] = self.redis.mget([self.key(job_id, "out", p) for p in parts])
         return values
 
-    def count_delivery(self, job_id: str, task: int, runner: str) -> int:
-        """Count one more delivery of a task, run by ``runner`` (``host:pid``); returns the count."""
+    def count_delivery(self, job_id: str, part: int, runner: str) -> int:
+        """Count one more delivery of a part, run by ``runner`` (``host:pid``); returns the count."""
         pipe = self.redis.pipeline(transaction=True)
-        pipe.hincrby(self.key(job_id, "deliveries"), str(task), 1)
+        pipe.hincrby(self.key(job_id, "deliveries"), str(part), 1)
         pipe.expire(self.key(job_id, "deliveries"), self.ttl)
-        pipe.hset(self.key(job_id, "running"), str(task), runner)
+        pipe.hset(self.key(job_id, "running"), str(part), runner)
         pipe.expire(self.key(job_id, "running"), self.ttl)
         count: int = pipe.execute()[0]
         return count
 
-    def runner_of(self, job_id: str, task: int) -> str | None:
-        """The ``host:pid`` that last started a task."""
-        value = self.redis.hget(self.key(job_id, "running"), str(task))
+    def runner_of(self, job_id: str, part: int) -> str | None:
+        """The ``host:pid`` that last started a part."""
+        value = self.redis.hget(self.key(job_id, "running"), str(part))
         return None if value is None else str(value.decode())
 
     def workers_of(self, job_id: str) -> dict[int, str]:
-        """Which worker ran each finished task."""
+        """Which worker ran each finished part."""
         raw = self.redis.hgetall(self.key(job_id, "workers"))
         return {int(k): v.decode() for k, v in raw.items()}
 
@@ -404,6 +436,26 @@ class JobStore:
         now = time.time() if now is None else now
         keys = self.redis.zrangebyscore(ACTIVE, "-inf", now)
         return [k.decode()[len(PREFIX) :] for k in keys]
+
+    def forget(self, job_id: str) -> None:
+        """Take a job off the unfinished list (its record expired: nothing is left to end)."""
+        self.redis.zrem(ACTIVE, self.key(job_id))
+
+    def stitch_marks(self, job_ids: list[str]) -> list[tuple[float | None, float | None]]:
+        """``(landed, stitch_requested)`` of each job, in one round trip (see :class:`JobRecord`)."""
+        if not job_ids:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hmget(self.key(job_id), "landed", "stitch_requested")
+        return [
+            (None if landed is None else float(landed), None if asked is None else float(asked))
+            for landed, asked in pipe.execute()
+        ]
+
+    def mark_stitch_requested(self, job_id: str, when: float) -> None:
+        """Note that a stitch was re-sent for the job at ``when``."""
+        self.redis.hset(self.key(job_id), "stitch_requested", when)
 
     # --- workers ------------------------------------------------------------------
 

@@ -1,47 +1,22 @@
-"""Inference engines: run a super-resolution model on a batch of tiles.
+"""ONNX Runtime: :class:`OrtEngine` runs an ONNX file on CUDA or the CPU.
 
-The contract (:class:`Engine`): ``run`` takes float32 NCHW ``[N, 3, h, w]`` RGB
-in [0, 1] and returns float32 ``[N, 3, h * scale, w * scale]``, not clipped (the
-caller clips, scales and rounds). An engine is safe to call from several
-threads at once.
-
-:class:`OrtEngine` runs an ONNX file with ONNX Runtime: CUDA when the provider
-setting allows it and ``onnxruntime-gpu`` offers it, else CPU.
-:func:`get_engine` keeps one engine per (model, provider, threads) per process,
-since building a session costs far more than running a tile.
+CUDA when the provider setting allows it and ``onnxruntime-gpu`` offers it,
+else CPU. ORT's default session options (all graph optimizations, arena on,
+sequential execution) measured best on CPU; only intra-op threads are set.
 """
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
 from common.errors import BadParameter, ModelError
-from common.models import Registry
-from common.settings import Settings
 
 _CUDA = "CUDAExecutionProvider"
 _CPU = "CPUExecutionProvider"
-
-
-class Engine(Protocol):
-    """Something that upscales batches of tiles by a fixed integer ``scale``.
-
-    ``provider`` is ``"cpu"``, ``"cuda"`` or another short backend name.
-    """
-
-    name: str
-    scale: int
-    provider: str
-
-    def run(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        """Upscale ``[N, 3, h, w]`` float32 in [0, 1] to ``[N, 3, h*scale, w*scale]`` float32."""
-        ...
 
 
 def choose_providers(provider_pref: str) -> list[str]:
@@ -120,35 +95,3 @@ class OrtEngine:
 
     def __repr__(self) -> str:
         return f"OrtEngine(name={self.name!r}, scale={self.scale}, provider={self.provider!r})"
-
-
-_engines: dict[tuple[str, str, str, int], Engine] = {}
-_engines_lock = threading.Lock()
-
-
-def get_engine(name: str, settings: Settings) -> Engine:
-    """The process-wide engine for model ``name`` under ``settings``, built on first use.
-
-    Raises:
-        UnknownModel: no such model.
-        ModelError / ConversionError: the model cannot be prepared or loaded.
-    """
-    registry = Registry(settings)
-    spec = registry.get(name)
-    # A single lock: two threads asking for the same new model must not both convert it.
-    with _engines_lock:
-        path = registry.onnx_path(name)
-        key = (name, str(path), settings.provider, settings.inference_threads)
-        engine = _engines.get(key)
-        if engine is None:
-            engine = OrtEngine(
-                path, spec.scale, settings.provider, settings.inference_threads, name=name
-            )
-            _engines[key] = engine
-        return engine
-
-
-def clear_engines() -> None:
-    """Drop every cached engine (tests; reloading models after a change)."""
-    with _engines_lock:
-        _engines.clear()

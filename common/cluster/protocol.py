@@ -1,0 +1,52 @@
+"""What the API and the workers agree on: task names and ids, queues and Celery's wire settings.
+
+The API sends tasks by name and never imports ``worker``; both sides build
+their Celery configuration from :func:`celery_config`, so serialization and
+broker options cannot drift apart. Plain values only: no Celery import here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from common.settings import Settings
+
+TILE_TASK = "srcluster.upscale_tile"
+"""``upscale_tile(job_id, part)``: infer one part (a tile of a plane) of a job."""
+
+STITCH_TASK = "srcluster.stitch"
+"""``stitch(results, job_id)``: the chord's callback; ``results`` are the tile tasks' returns."""
+
+
+def tile_task_id(job_id: str, part: int) -> str:
+    """The Celery task id of a job's part: derived, so revoking needs only the job id."""
+    return f"{job_id}-{part}"
+
+
+def stitch_task_id(job_id: str) -> str:
+    return f"{job_id}-stitch"
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery settings shared by the API (a client) and the workers.
+
+    Image data never travels in messages, only keys, and pickle is never
+    accepted; a task is acknowledged only once done and requeued if its process
+    dies (the worker adds its own execution settings on top).
+    """
+    transport = {"visibility_timeout": settings.visibility_timeout}
+    return {
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "broker_transport_options": transport,
+        "result_backend_transport_options": transport,
+        "broker_connection_retry_on_startup": True,
+        "result_expires": settings.result_ttl,
+        "task_default_queue": settings.tile_queue,
+        "task_routes": {
+            TILE_TASK: {"queue": settings.tile_queue},
+            STITCH_TASK: {"queue": settings.stitch_queue},
+        },
+    }

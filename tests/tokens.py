@@ -1,0 +1,6 @@
+"""The test suite's API tokens: one set, used by every test that talks to an API."""
+
+ALICE = "alice-token-0123456789abcdef0123"
+BOB = "bob-token-0123456789abcdef01234567"
+TOKENS = f"alice:{ALICE},bob:{BOB}"
+"""``SRCLUSTER_TOKENS`` naming both."""
