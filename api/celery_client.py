@@ -1,17 +1,16 @@
 """A Celery *client*: it sends the worker's tasks by name and never imports ``worker``.
 
 Task ids are derived from the job id (:mod:`common.cluster.protocol`) so a
-job's tasks can be revoked knowing only the job id and its part count.
+job's tasks can be revoked knowing only the job id and its group count.
 """
 
 from __future__ import annotations
 
 import logging
 
-from celery import Celery, chord, group
+from celery import Celery
 
 from common.cluster.protocol import (
-    STITCH_TASK,
     TILE_TASK,
     celery_config,
     stitch_task_id,
@@ -23,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 class TaskSender:
-    """Sends a job's chord and revokes it; holds one Celery app (and its broker pool)."""
+    """Sends a job's tasks and revokes them; holds one Celery app (and its broker pool)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -35,32 +34,25 @@ class TaskSender:
         )
         self.app.conf.update(celery_config(settings))
 
-    def send_job(self, job_id: str, parts: int) -> None:
-        """Queue one tile task per part with the stitch as their chord callback."""
-        tiles = group(
-            self.app.signature(
-                TILE_TASK,
-                args=(job_id, part),
-                queue=self.settings.tile_queue,
-                task_id=tile_task_id(job_id, part),
-            )
-            for part in range(parts)
-        )
-        stitch = self.app.signature(
-            STITCH_TASK,
-            args=(job_id,),
-            queue=self.settings.stitch_queue,
-            task_id=stitch_task_id(job_id),
-        )
-        chord(tiles, stitch, app=self.app).apply_async()
+    def send_job(self, job_id: str, groups: int) -> None:
+        """Queue one tile task per group (the worker that lands the last part asks for the stitch)."""
+        with self.app.producer_or_acquire() as producer:
+            for group in range(groups):
+                self.app.send_task(
+                    TILE_TASK,
+                    args=(job_id, group),
+                    queue=self.settings.tile_queue,
+                    task_id=tile_task_id(job_id, group),
+                    producer=producer,
+                )
 
-    def revoke(self, job_id: str, parts: int) -> None:
+    def revoke(self, job_id: str, groups: int) -> None:
         """Ask workers to drop the job's queued tasks.
 
         Best effort: a broadcast reaches only workers that are up, and tasks
         check the job's status themselves before working.
         """
-        ids = [tile_task_id(job_id, p) for p in range(parts)] + [stitch_task_id(job_id)]
+        ids = [tile_task_id(job_id, g) for g in range(groups)] + [stitch_task_id(job_id)]
         try:
             self.app.control.revoke(ids)
         except Exception:  # the job is already cancelled in the store; this is only a hint

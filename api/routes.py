@@ -152,7 +152,7 @@ def submit() -> Response:
         timeout=timeout,
     )
     try:
-        svc.sender.send_job(prepared.job_id, prepared.plan.part_count)
+        svc.sender.send_job(prepared.job_id, prepared.plan.group_count)
     except Exception as exc:
         current_app.logger.exception("could not queue job %s", prepared.job_id)
         svc.store.fail(prepared.job_id, "queue_error", "the job could not be queued")
@@ -205,7 +205,7 @@ def delete(job_id: str) -> Response:
     svc = services()
     record = _own_job(job_id)
     if not record.status.finished and svc.store.cancel(job_id):
-        svc.sender.revoke(job_id, record.parts)
+        svc.sender.revoke(job_id, record.groups)
     else:
         # finished (perhaps just now): keep the record, drop the result and the rest
         svc.store.delete(job_id)

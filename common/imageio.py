@@ -60,6 +60,12 @@ PIL.Image.MAX_IMAGE_PIXELS = None
 # ("PNG input buffer is incomplete") would only repeat it, less clearly.
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
+PNG_COMPRESSION = 1
+"""zlib level of PNG output. Measured on real-ESRGAN output (2560x1920, 2 cores): level 1
+encodes 1.1-1.6x faster than 3 for 5-9 % more bytes; the RLE strategy, smaller on smooth
+resized images, made real model output 3x larger. The stitch encodes every result once,
+serially, so its speed is the job's tail."""
+
 Pixels = npt.NDArray[Any]
 """An (H, W, C) uint8 or uint16 array, C in {1, 3, 4}, RGB(A) channel order."""
 
@@ -258,7 +264,7 @@ def encode(
         raise BadParameter("exif is not a TIFF-structured EXIF blob", parameter="exif")
 
     if fmt == "png":
-        png = _cv2_encode(".png", a, [cv2.IMWRITE_PNG_COMPRESSION, 3])
+        png = _cv2_encode(".png", a, [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION])
         return png_with_metadata(png, icc, tiff_exif)
     if fmt == "tiff":
         return _cv2_encode(".tiff", a, [])

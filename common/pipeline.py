@@ -18,6 +18,7 @@ has one owner, :meth:`JobPlan.part` and its inverse :meth:`JobPlan.locate`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from functools import cached_property
@@ -27,7 +28,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from common import tiling
+from common import groups, tiling
 from common.engines import Engine, get_engine
 from common.errors import BadParameter, ImageTooLarge
 from common.imageio import Image, decode, default_output_format, encode
@@ -45,7 +46,8 @@ class JobPlan:
 
     ``planes`` lists what the model infers: ``"color"`` always, ``"alpha"`` when the
     input has a non-opaque alpha channel and ``skip_alpha`` is off. The work is
-    :attr:`part_count` parts, numbered by :meth:`part`.
+    :attr:`part_count` parts, numbered by :meth:`part`, carried ``group`` at a time
+    by the cluster's tasks (:meth:`group_parts`; see :mod:`common.groups`).
     """
 
     model: str
@@ -60,11 +62,18 @@ class JobPlan:
     output_width: int
     output_height: int
     format: str
+    group: int = 1
 
     @cached_property
     def tiles(self) -> tiling.TilePlan:
         # a pure function of the fields; the instance is frozen, so compute it once
         return tiling.plan_tiles(self.width, self.height, self.tile, self.pad)
+
+    @cached_property
+    def column_origins(self) -> tuple[int, ...]:
+        """Window x origins of the tile grid's columns (tiles are numbered row by row)."""
+        first_row = self.tiles.tiles[0].window_y
+        return tuple(t.window_x for t in self.tiles.tiles if t.window_y == first_row)
 
     @property
     def part_count(self) -> int:
@@ -85,6 +94,21 @@ class JobPlan:
             raise ValueError(f"part {part} is not within 0..{self.part_count - 1}")
         plane, index = divmod(part, len(self.tiles))
         return plane, self.tiles.tiles[index]
+
+    @property
+    def group_count(self) -> int:
+        """Tasks the cluster runs for this job: the parts, ``group`` at a time."""
+        return -(-self.part_count // self.group)
+
+    def group_parts(self, group: int) -> range:
+        """The part numbers task ``group`` carries (consecutive; the last group may be short).
+
+        Raises:
+            ValueError: no such group.
+        """
+        if not 0 <= group < self.group_count:
+            raise ValueError(f"group {group} is not within 0..{self.group_count - 1}")
+        return range(group * self.group, min((group + 1) * self.group, self.part_count))
 
     @property
     def numpy_dtype(self) -> np.dtype[Any]:
@@ -143,7 +167,7 @@ def make_plan(
     fmt = params.format or default_output_format(image.format)
     if fmt not in ("png", "jpeg", "webp", "tiff"):
         raise BadParameter(f"cannot write {fmt}", parameter="format", value=fmt)
-    return JobPlan(
+    plan = JobPlan(
         model=spec.name,
         model_scale=spec.scale,
         width=width,
@@ -157,6 +181,18 @@ def make_plan(
         output_height=out_h,
         format=fmt,
     )
+    if settings.parts_per_group > 0:
+        group = settings.parts_per_group
+    else:
+        tiles = plan.tiles
+        group = groups.group_size(
+            plan.part_count,
+            workers,
+            tiles.window_width * tiles.window_height,
+            spec.name,
+            settings.tile_time_limit,
+        )
+    return dataclasses.replace(plan, group=group)
 
 
 def plane_inputs(pixels: npt.NDArray[Any], plan: JobPlan) -> list[npt.NDArray[Any]]:

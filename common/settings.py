@@ -117,6 +117,9 @@ class Settings:
     visibility_timeout: int = DEFAULT_VISIBILITY_TIMEOUT
     max_deliveries: int = DEFAULT_MAX_DELIVERIES
 
+    parts_per_group: int = 0
+    """Parts (tiles of a plane) one cluster task carries; 0: sized per job (see ``common.groups``)."""
+
     janitor_interval: int = 10
     """Seconds between a worker's heartbeats and its check for overdue or stuck jobs."""
 
@@ -228,6 +231,8 @@ class Settings:
                 raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be positive")
         if self.timeout > self.max_timeout:
             raise ConfigError("SRCLUSTER_TIMEOUT must not exceed SRCLUSTER_MAX_TIMEOUT")
+        if self.parts_per_group < 0:
+            raise ConfigError("SRCLUSTER_PARTS_PER_GROUP must be 0 (automatic) or positive")
         if self.max_deliveries < 1:
             raise ConfigError("SRCLUSTER_MAX_DELIVERIES must be at least 1")
         self.token_names()

@@ -181,7 +181,8 @@ def from_unit_float(
     """Convert float (C, H, W) model output to (H, W, C) ``dtype``: clip, scale, round."""
     peak = 65535.0 if dtype == np.uint16 else 255.0
     scaled = np.clip(values, 0.0, 1.0) * np.float32(peak)
-    rounded: npt.NDArray[np.generic] = np.moveaxis(np.rint(scaled), 0, -1).astype(dtype)
+    # C order: the worker ships cores as raw bytes, and a transposed view would be copied twice
+    rounded: npt.NDArray[np.generic] = np.moveaxis(np.rint(scaled), 0, -1).astype(dtype, order="C")
     return rounded
 
 

@@ -88,7 +88,7 @@ class WorkerProcess:
         def announced() -> bool:
             if self.process.poll() is not None:
                 raise AssertionError(f"worker {self.name} exited:\n{self.log.read_text()[-3000:]}")
-            return bool(client.exists(WORKERS + self.hostname))
+            return client.zscore(WORKERS, self.hostname) is not None
 
         wait_for(announced, timeout, f"worker {self.name} to start")
         client.close()

@@ -19,9 +19,12 @@ from flask.testing import FlaskClient
 from api import create_app
 from api.auth import TokenTable
 from api.fetch import fetch, is_public
+from common import tiling
 from common.cluster.embedded import free_port
+from common.cluster.jobs import window_read
 from common.cluster.store import JobStore
 from common.errors import BadParameter, ConfigError, ImageTooLarge
+from common.imageio import decode
 from common.pipeline import JobPlan
 from common.settings import Settings
 from tests.cluster import redis_for_tests
@@ -267,7 +270,8 @@ def test_token_table_names_tokens() -> None:
 def test_submit_records_a_pending_job_and_queues_its_tiles(
     client: FlaskClient, store: JobStore, api_settings: Settings
 ) -> None:
-    reply = post_sr(client, ALICE, png(), tile_size=64, timeout=30)
+    upload = png()
+    reply = post_sr(client, ALICE, upload, tile_size=64, timeout=30)
     assert reply.status_code == 202
     job_id = reply.json["task_id"]
     assert reply.json["message"] == "Success"
@@ -276,12 +280,23 @@ def test_submit_records_a_pending_job_and_queues_its_tiles(
 
     record = store.get(job_id)
     assert record is not None
-    tasks = JobPlan.from_dict(record.plan).part_count
+    plan = JobPlan.from_dict(record.plan)
+    tasks = plan.part_count
     assert tasks > 1
-    assert all(store.read_input(job_id, t) is not None for t in range(tasks))
+    # every part's window is exactly the bytes its task will read from the stored strips
+    extended = tiling.extend(decode(upload, 1 << 24).pixels)
+    shape = (plan.tiles.window_height, plan.tiles.window_width, 3)
+    for part in range(tasks):
+        read = window_read(plan, part)
+        strip = store.read_strip(job_id, read.plane, read.column)
+        assert strip is not None
+        window = np.frombuffer(strip[read.first : read.last + 1], np.uint8).reshape(shape)
+        _, tile = plan.locate(part)
+        np.testing.assert_array_equal(window, tiling.window(extended, plan.tiles, tile))
     assert record.owner_name == "alice"
     assert record.deadline - record.created == pytest.approx(30)
-    assert store.redis.llen(api_settings.tile_queue) == tasks
+    assert record.groups == plan.group_count >= 1
+    assert store.redis.llen(api_settings.tile_queue) == record.groups
 
     result = client.get(f"/result/{job_id}", headers=as_user(ALICE))
     assert result.status_code == 200
@@ -438,11 +453,10 @@ def test_download_of_a_pending_job_is_409(client: FlaskClient) -> None:
 
 def test_delete_of_a_pending_job_cancels_it(client: FlaskClient, store: JobStore) -> None:
     job_id = submit(client)
-    tasks = store.get(job_id).parts  # type: ignore[union-attr]
     reply = client.delete(f"/result/{job_id}", headers=as_user(ALICE))
     assert reply.status_code == 200
     assert reply.json["result"]["status"] == "cancelled"
-    assert all(store.read_input(job_id, t) is None for t in range(tasks))
+    assert not list(store.redis.scan_iter(match=store.key(job_id, "in", "*")))
     assert (
         client.get(f"/result/{job_id}", headers=as_user(ALICE)).json["result"]["status"]
         == "cancelled"

@@ -45,7 +45,8 @@ def jobs(api: ApiServer, worker: Any, cluster_settings: Settings) -> Iterator[di
         owner_name="alice",
         params={"model": COMPACT},
         plan={},
-        inputs=[],
+        parts=0,
+        strips=[],
         extras={},
         timeout=cluster_settings.max_timeout,
     )

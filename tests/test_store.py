@@ -27,7 +27,8 @@ def new_job(store: JobStore, tasks: int = 3, timeout: float = 60) -> str:
         owner_name="alice",
         params={"model": "m"},
         plan={},
-        inputs=[(i, b"in") for i in range(tasks)],
+        parts=tasks,
+        strips=[(0, c, b"in") for c in range(tasks)],
         extras={"icc": b"profile"},
         timeout=timeout,
     )
@@ -47,23 +48,28 @@ def test_a_job_lives_and_ends_once(store: JobStore) -> None:
     record = store.get(job_id)
     assert record is not None and record.status is JobStatus.PENDING and record.parts == 3
     assert (
-        store.redis.ttl(store.key(job_id)) > 0 and store.redis.ttl(store.key(job_id, "in", 0)) > 0
+        store.redis.ttl(store.key(job_id)) > 0
+        and store.redis.ttl(store.key(job_id, "in", 0, 0)) > 0
     )
     store.start(job_id)
-    assert store.record_output(job_id, 0, b"out", "w1") == 1
-    assert store.record_output(job_id, 0, b"out", "w2") == 1, "a redelivered tile counts once"
+    assert store.record_outputs(job_id, [(0, b"out")], "w1") == (1, False)
+    assert store.record_outputs(job_id, [(0, b"out")], "w2") == (1, False), (
+        "a redelivered tile counts once"
+    )
     assert store.succeed(job_id, b"image", {"size": 5})
     assert not store.succeed(job_id, b"other", {"size": 5}), "success is final"
     assert not store.fail(job_id, "x", "late failure")
     assert not store.cancel(job_id)
-    assert store.record_output(job_id, 2, b"late", "w1") == -1, "a late tile stores nothing"
+    assert store.record_outputs(job_id, [(2, b"late")], "w1") == (-1, False), (
+        "a late tile stores nothing"
+    )
     assert store.redis.get(store.key(job_id, "out", 2)) is None
     record = store.get(job_id)
     assert (
         record is not None and record.status is JobStatus.SUCCESS and record.output == {"size": 5}
     )
     assert store.result(job_id) == b"image"
-    assert store.read_input(job_id, 1) is None, "tiles are dropped once the job ends"
+    assert store.read_strip(job_id, 0, 1) is None, "tiles are dropped once the job ends"
 
 
 def test_racing_transitions_have_one_winner(store: JobStore) -> None:

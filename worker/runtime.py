@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 _settings = dataclasses.replace(configured, threads=configured.session_threads())
 _pool_processes = 1
 _store: JobStore | None = None
+plans = jobs.PlanCache()
+"""This process's parsed plans (each job's plan is read and parsed once per process)."""
 
 
 def settings() -> Settings:
@@ -76,7 +78,17 @@ def _start_janitor(sender: Any = None, **_: Any) -> None:
         consumes_tiles = configured.tile_queue in queues
     except Exception:  # older Celery: assume it takes tiles
         pass
-    log.info("srcluster worker %s: %d tile process(es), %s", name, slots, settings())
+    s = settings()  # never logged whole: it holds the Redis password and the tokens
+    log.info(
+        "srcluster worker %s: %d tile process(es), %d inference thread(s) each, engine %s, "
+        "precision %s, provider %s",
+        name,
+        slots,
+        s.threads,
+        s.engine,
+        s.precision,
+        s.provider,
+    )
     threading.Thread(
         target=_janitor,
         args=(name, slots if consumes_tiles else 0),
@@ -96,7 +108,8 @@ def _janitor(name: str, slots: int) -> None:
                 log.warning("job %s ended failed: past its timeout", job_id)
             for job_id in jobs.unstitched(janitor_store, grace=max(5.0, 2.0 * s.janitor_interval)):
                 log.warning("job %s: every tile is done but no stitch came; sending one", job_id)
-                app.send_task(STITCH_TASK, args=([], job_id), queue=s.stitch_queue)
+                app.send_task(STITCH_TASK, args=(job_id,), queue=s.stitch_queue)
+            janitor_store.forget_dead_workers()
         except Exception:  # Redis restarting: try again next round
             log.warning("janitor round failed", exc_info=True)
         time.sleep(s.janitor_interval)

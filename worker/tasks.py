@@ -9,34 +9,43 @@ import redis
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 
 from common.cluster import jobs
-from common.cluster.protocol import STITCH_TASK, TILE_TASK
+from common.cluster.protocol import STITCH_TASK, TILE_TASK, stitch_task_id
 from worker.app import app
-from worker.runtime import settings, store
+from worker.runtime import plans, settings, store
 
 log = logging.getLogger(__name__)
 LIMIT = settings().tile_time_limit
 
 
+def ask_for_stitch(job_id: str) -> None:
+    """Queue the job's stitch (a repeat is harmless: ``success`` is final)."""
+    app.send_task(
+        STITCH_TASK, args=(job_id,), queue=settings().stitch_queue, task_id=stitch_task_id(job_id)
+    )
+
+
 @app.task(name=TILE_TASK, bind=True, soft_time_limit=LIMIT * 0.9, time_limit=LIMIT)
-def upscale_tile(self: Any, job_id: str, part: int) -> str:
-    """Infer part ``part`` of job ``job_id``; returns a deterministic key, never raises."""
+def upscale_tiles(self: Any, job_id: str, group: int) -> None:
+    """Infer group ``group`` of job ``job_id``; a failure ends the job, never the worker."""
     try:
-        return jobs.run_part(store(), settings(), job_id, part, self.request.hostname)
+        if jobs.run_group(store(), settings(), job_id, group, self.request.hostname, plans):
+            ask_for_stitch(job_id)
     except (redis.ConnectionError, redis.TimeoutError) as error:
         # Redis is restarting: the job is not at fault; give the message back (or, if
         # even that fails, the broker restores it after the visibility timeout)
         raise Reject(f"Redis unavailable: {error}", requeue=True) from error
     except SoftTimeLimitExceeded:
-        store().fail(job_id, "tile_timeout", f"tile {part} ran past {LIMIT * 0.9:.0f} s")
+        store().fail(job_id, "tile_timeout", f"tile group {group} ran past {LIMIT * 0.9:.0f} s")
     except Exception as error:  # a failed tile must end its job, not leave it waiting
-        log.exception("tile %s of job %s failed", part, job_id)
-        store().fail(job_id, "internal", f"tile {part} failed: {type(error).__name__}: {error}")
-    return jobs.part_result(job_id, part)
+        log.exception("tile group %s of job %s failed", group, job_id)
+        store().fail(
+            job_id, "internal", f"tile group {group} failed: {type(error).__name__}: {error}"
+        )
 
 
 @app.task(name=STITCH_TASK, bind=True, max_retries=None)
-def stitch(self: Any, results: list[str], job_id: str) -> None:
-    """Chord callback: assemble the job's result, or retry while a redelivered tile finishes."""
+def stitch(self: Any, job_id: str) -> None:
+    """Assemble the job's result, or retry while a redelivered tile finishes."""
     try:
         jobs.stitch(store(), settings(), job_id)
     except jobs.TilesPending:

@@ -1,9 +1,16 @@
-"""The cluster's steps, framework-free: prepare and submit (API), run a part and stitch (worker).
+"""The cluster's steps, framework-free: prepare and submit (API), run a group and stitch (worker).
 
 They call the same functions as :func:`common.pipeline.run_plan`, in the same
 order, so a job run across hosts gives the local pipeline's pixels exactly.
 The Celery tasks and Flask routes only move arguments to and from here, and
 every Redis read or write goes through :class:`~common.cluster.store.JobStore`.
+
+The input is stored once, as column strips of each plane's reflection-extended
+image (:func:`window_read` finds a window's bytes in them), so the API cuts no
+windows and a task reads exactly the bytes of its own. A task carries a group of
+parts (:mod:`common.groups`) and costs two store round trips, whatever its size.
+The task that lands a job's last part asks for the stitch; the janitor asks again
+for a job whose stitch never came.
 
 Every step is safe to repeat (Celery redelivers after a worker dies): a part
 rewrites the same output key and re-adds the same number to the done set; a
@@ -14,14 +21,18 @@ atomic and ``success`` is final).
 from __future__ import annotations
 
 import os
+import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from common import tiling
-from common.cluster.store import JobStatus, JobStore, pack_array, unpack_array
+from common.cluster.store import JobStatus, JobStore, WindowRead, pack_array, unpack_array
 from common.engines import get_engine
 from common.imageio import Image, content_type, decode
 from common.models import Registry
@@ -50,12 +61,13 @@ class Prepared:
     plan: JobPlan
     image: Image
 
-    def inputs(self) -> Iterator[tuple[int, bytes]]:
-        """``(part, npy bytes)`` for every part, made lazily (one window in memory at a time)."""
+    def strips(self) -> Iterator[tuple[int, int, bytes]]:
+        """``(plane, column, raw bytes)``: each plane's extended input cut into column strips."""
         tiles = self.plan.tiles
+        width = tiles.window_width
         for p, extended in enumerate(plane_inputs(self.image.pixels, self.plan)):
-            for tile in tiles.tiles:
-                yield self.plan.part(p, tile), pack_array(tiling.window(extended, tiles, tile))
+            for c, origin in enumerate(self.plan.column_origins):
+                yield p, c, np.ascontiguousarray(extended[:, origin : origin + width]).tobytes()
 
     def extras(self) -> dict[str, bytes]:
         extras: dict[str, bytes] = {}
@@ -98,57 +110,129 @@ def submit(
     owner_name: str,
     timeout: float,
 ) -> None:
-    """Record a prepared job (``pending``) with its input windows in the store."""
+    """Record a prepared job (``pending``) with its input in the store (one transaction)."""
     store.create(
         prepared.job_id,
         owner=owner,
         owner_name=owner_name,
         params=params.to_dict(),
         plan=prepared.plan.to_dict(),
-        inputs=prepared.inputs(),
+        parts=prepared.plan.part_count,
+        groups=prepared.plan.group_count,
+        strips=prepared.strips(),
         extras=prepared.extras(),
         timeout=timeout,
     )
 
 
-def part_result(job_id: str, part: int) -> str:
-    """What a tile task returns: deterministic, so a redelivered tile returns the same."""
-    return f"{job_id}:{part}"
+def window_read(plan: JobPlan, part: int) -> WindowRead:
+    """Where part ``part``'s input window lies in its plane's column strip."""
+    plane, tile = plan.locate(part)
+    tiles = plan.tiles
+    columns = len(plan.column_origins)
+    row_bytes = tiles.window_width * 3 * plan.numpy_dtype.itemsize
+    first = tile.window_y * row_bytes
+    return WindowRead(
+        part, plane, tile.index % columns, first, first + tiles.window_height * row_bytes - 1
+    )
 
 
-def run_part(store: JobStore, settings: Settings, job_id: str, part: int, worker: str) -> str:
-    """Infer one part of a job and store its integer core; skip work a finished job no longer needs.
+class PlanCache:
+    """A worker process's parsed plans, by job id (a job's plan never changes).
 
-    Ends the job ``failed`` when it is past its deadline (``timeout``) or when this
-    part has been delivered more than ``settings.max_deliveries`` times (a tile
-    that kills its worker every time).
+    Parsing a plan and listing its tiles is paid once per process per job, not
+    once per task, so a task's cost does not grow with its job's tile count.
     """
-    record = store.get(job_id)
-    if record is None or record.status.finished:
-        return part_result(job_id, part)
-    if time.time() > record.deadline:
+
+    def __init__(self, size: int = 64) -> None:
+        self.size = size
+        self._plans: OrderedDict[str, JobPlan] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, store: JobStore, job_id: str) -> JobPlan | None:
+        """The job's plan, from the store on first use; ``None`` for no such job."""
+        with self._lock:
+            plan = self._plans.get(job_id)
+            if plan is not None:
+                self._plans.move_to_end(job_id)
+                return plan
+        raw = store.plan_of(job_id)
+        if raw is None:
+            return None
+        plan = JobPlan.from_dict(raw)
+        plan.column_origins  # noqa: B018  (the tile grid: computed once here, not in every task)
+        with self._lock:
+            self._plans[job_id] = plan
+            while len(self._plans) > self.size:
+                self._plans.popitem(last=False)
+        return plan
+
+
+def run_group(
+    store: JobStore,
+    settings: Settings,
+    job_id: str,
+    group: int,
+    worker: str,
+    plans: PlanCache,
+) -> bool:
+    """Infer every part of task ``group`` and store their integer cores; skip a finished job.
+
+    Returns whether this call landed the job's last part: the caller then asks
+    for the stitch. Ends the job ``failed`` when it is past its deadline
+    (``timeout``) or when a part of the group has been delivered more than
+    ``settings.max_deliveries`` times (a tile that kills its worker every time).
+
+    Raises:
+        ValueError: ``group`` is not a group of the job (a malformed message).
+    """
+    plan = plans.get(store, job_id)
+    if plan is None:
+        return False
+    reads = [window_read(plan, part) for part in plan.group_parts(group)]
+    start = store.begin_group(job_id, reads, f"{worker}:{os.getpid()}", settings.max_deliveries)
+    if start.status is None or start.status.finished:
+        return False
+    if start.windows is None and time.time() > start.deadline:
         store.fail(job_id, "timeout", "the job ran past its timeout")
-        return part_result(job_id, part)
-    deliveries = store.count_delivery(job_id, part, f"{worker}:{os.getpid()}")
-    if deliveries > settings.max_deliveries:
+        return False
+    if start.windows is None:
         store.fail(
             job_id,
             "poison_tile",
-            f"tile {part} was started {deliveries - 1} times and never finished "
-            "(it stops the worker that runs it)",
+            f"tile {start.worst_part} was started {start.deliveries - 1} times and never "
+            "finished (it stops the worker that runs it)",
         )
-        return part_result(job_id, part)
-    store.start(job_id)
-    data = store.read_input(job_id, part)
-    if data is None:  # the job ended (and dropped its tiles) while this part waited
-        return part_result(job_id, part)
-    plan = JobPlan.from_dict(record.plan)
-    plane, tile = plan.locate(part)
-    output = infer_windows(get_engine(plan.model, settings), [unpack_array(data)])[0]
-    channels = plan.plane_channels(plan.planes[plane])
-    core = tiling.tile_core(plan.tiles, tile, output, plan.model_scale, channels, plan.numpy_dtype)
-    store.record_output(job_id, part, pack_array(core), worker)
-    return part_result(job_id, part)
+        return False
+    if not all(start.windows):  # the job ended (and dropped its input) meanwhile
+        return False
+    tiles = plan.tiles
+    shape = (tiles.window_height, tiles.window_width, 3)
+    engine = get_engine(plan.model, settings)
+    windows = [np.frombuffer(data, plan.numpy_dtype).reshape(shape) for data in start.windows]
+    batch = windows_per_run(shape)
+    outputs = []
+    for first in range(0, len(reads), batch):
+        results = infer_windows(engine, windows[first : first + batch])
+        for read, output in zip(reads[first : first + batch], results, strict=True):
+            plane, tile = plan.locate(read.part)
+            channels = plan.plane_channels(plan.planes[plane])
+            core = tiling.tile_core(
+                tiles, tile, output, plan.model_scale, channels, plan.numpy_dtype
+            )
+            outputs.append((read.part, core.tobytes()))  # C order, whatever core's strides
+    _, landed = store.record_outputs(job_id, outputs, worker)
+    return landed
+
+
+BATCH_PIXELS = 1 << 18
+"""Window pixels run through the engine in one call: small windows go together (a call has
+a fixed cost), a large window goes alone (activations grow with the batch)."""
+
+
+def windows_per_run(shape: tuple[int, ...]) -> int:
+    """How many windows of ``shape`` (h, w, c) to infer in one engine call."""
+    return max(1, BATCH_PIXELS // (shape[0] * shape[1]))
 
 
 class TilesPending(Exception):
@@ -173,9 +257,8 @@ def stitch(store: JobStore, settings: Settings, job_id: str) -> bool:
     tiles = plan.tiles
     canvases = []
     for p, plane in enumerate(plan.planes):
-        canvas = tiling.Canvas(
-            tiles, plan.model_scale, plan.plane_channels(plane), plan.numpy_dtype
-        )
+        channels = plan.plane_channels(plane)
+        canvas = tiling.Canvas(tiles, plan.model_scale, channels, plan.numpy_dtype)
         for start in range(0, len(tiles), STITCH_CHUNK):
             group = tiles.tiles[start : start + STITCH_CHUNK]
             parts = [plan.part(p, t) for t in group]
@@ -186,7 +269,8 @@ def stitch(store: JobStore, settings: Settings, job_id: str) -> bool:
                     if store.status(job_id) in (JobStatus.PENDING, JobStatus.PROCESSING):
                         store.fail(job_id, "lost_tile", f"the output of tile {part} is missing")
                     return False
-                canvas.paste(tile, unpack_array(data))
+                shape = (tile.height * plan.model_scale, tile.width * plan.model_scale, channels)
+                canvas.paste(tile, np.frombuffer(data, plan.numpy_dtype).reshape(shape))
         canvases.append(canvas.pixels)
     alpha_data = store.read_extra(job_id, "alpha")
     alpha = unpack_array(alpha_data) if alpha_data is not None else None

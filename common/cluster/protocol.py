@@ -11,16 +11,17 @@ from typing import Any
 
 from common.settings import Settings
 
-TILE_TASK = "srcluster.upscale_tile"
-"""``upscale_tile(job_id, part)``: infer one part (a tile of a plane) of a job."""
+TILE_TASK = "srcluster.upscale_tiles"
+"""``upscale_tiles(job_id, group)``: infer the parts of one group of a job (``JobPlan.group_parts``)."""
 
 STITCH_TASK = "srcluster.stitch"
-"""``stitch(results, job_id)``: the chord's callback; ``results`` are the tile tasks' returns."""
+"""``stitch(job_id)``: assemble a job whose parts have all landed; sent by the task that
+landed the last one (or by a janitor, when that never happened)."""
 
 
-def tile_task_id(job_id: str, part: int) -> str:
-    """The Celery task id of a job's part: derived, so revoking needs only the job id."""
-    return f"{job_id}-{part}"
+def tile_task_id(job_id: str, group: int) -> str:
+    """The Celery task id of a job's group: derived, so revoking needs only the job id."""
+    return f"{job_id}-{group}"
 
 
 def stitch_task_id(job_id: str) -> str:
@@ -32,7 +33,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
     Image data never travels in messages, only keys, and pickle is never
     accepted; a task is acknowledged only once done and requeued if its process
-    dies (the worker adds its own execution settings on top).
+    dies (the worker adds its own execution settings on top). Tasks keep no
+    results: the job store records what happened, so nothing per task lingers
+    in Redis.
     """
     transport = {"visibility_timeout": settings.visibility_timeout}
     return {
@@ -44,6 +47,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_backend_transport_options": transport,
         "broker_connection_retry_on_startup": True,
         "result_expires": settings.result_ttl,
+        "task_ignore_result": True,
         "task_default_queue": settings.tile_queue,
         "task_routes": {
             TILE_TASK: {"queue": settings.tile_queue},

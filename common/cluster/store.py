@@ -6,23 +6,27 @@ every one with the result TTL::
 
     P               hash: the fields of :class:`JobRecord`, and
                       status, owner (sha256 of the token), owner_name, params, plan (JSON),
-                      parts, created, deadline, started, finished, error, error_code, output,
+                      parts, groups, created, deadline, started, finished, error, error_code, output,
                       landed            when the last part's output landed (the stitch should follow)
                       stitch_requested  when the janitor last re-sent a stitch for it
                       stitches          how many stitches ended the job (1; more would be a bug)
     P:done          set of finished part numbers (SADD is idempotent under redelivery; SCARD is progress)
-    P:in:<part>     input window of one part, a raw array (npy)
-    P:out:<part>    integer output core of one part, a raw array (npy)
+    P:in:<p>:<c>    column strip ``c`` of plane ``p``'s reflection-extended input: raw C-order
+                    (rows, window width, 3) pixels, so a window is one contiguous byte range
+    P:out:<part>    integer output core of one part: raw C-order bytes (its shape is in the plan)
     P:extra:<name>  what the stitch needs besides tiles: the input alpha, the ICC profile, the EXIF
     P:result        the encoded final image
     P:deliveries    hash part -> deliveries so far (a poison tile fails its job, it does not loop)
     P:workers       hash part -> the worker that ran it
     P:running       hash part -> the process (host:pid) that last started it
     srcluster:active         sorted set of unfinished job keys, scored by deadline (the periodic check)
-    srcluster:worker:<name>  a worker's heartbeat: its tile processes, expiring unless repeated
+    srcluster:workers        sorted set of worker names, scored by when their heartbeat expires
+    srcluster:worker-slots   hash worker name -> its tile processes
 
-Arrays travel as ``.npy`` bytes (dtype, shape, data; never pickles), not PNG:
-encoding every tile would cost more than a compact-model tile's inference.
+Arrays travel as raw bytes or ``.npy`` (dtype, shape, data; never pickles), not
+PNG: encoding every tile would cost more than a compact-model tile's inference.
+A cluster task reads and writes a whole group of parts in one round trip each
+(:meth:`JobStore.begin_group`, :meth:`JobStore.record_outputs`).
 
 Status changes go through :meth:`JobStore.transition`, an atomic check-and-set
 in Lua: ``success``, ``failed`` and ``cancelled`` are final, so a late tile or
@@ -46,7 +50,8 @@ import redis
 
 PREFIX = "srcluster:job:"
 ACTIVE = "srcluster:active"
-WORKERS = "srcluster:worker:"
+WORKERS = "srcluster:workers"
+WORKER_SLOTS = "srcluster:worker-slots"
 
 
 class JobStatus(StrEnum):
@@ -91,26 +96,102 @@ return 1
 """
 
 
-# KEYS: job hash, output key, done set, workers hash; ARGV: output, part, worker, ttl, now.
-# Stores a part's output only while its job is unfinished (a tile finishing after a
-# cancel must not leave data behind), and notes when the last part landed, so the
-# janitor can tell a job whose stitch never came. Returns the parts done, or -1 if
-# the job has ended.
-_RECORD_OUTPUT = """
+# KEYS: job hash, deliveries hash, running hash, then one input strip per part.
+# ARGV: runner, ttl, now, max deliveries, n, then (part, first byte, last byte) per part.
+# Counts a delivery of every part and notes who runs it; marks the job processing;
+# returns {status, deadline, most deliveries, that part, window bytes...}; the
+# windows only when the job is unfinished, in time and no part is over its deliveries.
+_BEGIN_GROUP = """
 local status = redis.call('HGET', KEYS[1], 'status')
-if status ~= 'pending' and status ~= 'processing' then return -1 end
-local ttl = tonumber(ARGV[4])
-redis.call('SET', KEYS[2], ARGV[1], 'EX', ttl)
-redis.call('SADD', KEYS[3], ARGV[2])
-redis.call('EXPIRE', KEYS[3], ttl)
-redis.call('HSET', KEYS[4], ARGV[2], ARGV[3])
-redis.call('EXPIRE', KEYS[4], ttl)
-local done = redis.call('SCARD', KEYS[3])
-if done >= tonumber(redis.call('HGET', KEYS[1], 'parts')) then
-  redis.call('HSETNX', KEYS[1], 'landed', ARGV[5])
+if status ~= 'pending' and status ~= 'processing' then return {status or '', '0', 0, -1} end
+local deadline = redis.call('HGET', KEYS[1], 'deadline')
+if tonumber(deadline) < tonumber(ARGV[3]) then return {status, deadline, 0, -1} end
+local ttl = tonumber(ARGV[2])
+local n = tonumber(ARGV[5])
+local most, worst = 0, -1
+for i = 1, n do
+  local part = ARGV[5 + 3 * i - 2]
+  local count = redis.call('HINCRBY', KEYS[2], part, 1)
+  if count > most then most, worst = count, tonumber(part) end
+  redis.call('HSET', KEYS[3], part, ARGV[1])
 end
-return done
+redis.call('EXPIRE', KEYS[2], ttl)
+redis.call('EXPIRE', KEYS[3], ttl)
+local reply = {status, deadline, most, worst}
+if most > tonumber(ARGV[4]) then return reply end
+if status == 'pending' then
+  redis.call('HSET', KEYS[1], 'status', 'processing', 'started', ARGV[3])
+end
+for i = 1, n do
+  reply[4 + i] = redis.call('GETRANGE', KEYS[3 + i], ARGV[5 + 3 * i - 1], ARGV[5 + 3 * i])
+end
+return reply
 """
+
+# KEYS: job hash, done set, workers hash, then one output key per part.
+# ARGV: worker, ttl, now, n, then the n part numbers, then the n outputs.
+# Stores the outputs only while the job is unfinished (a tile finishing after a
+# cancel must not leave data behind) and notes when the last part landed.
+# Returns {parts done, 1 if this call landed the last part else 0}, or {-1, 0}.
+_RECORD_OUTPUTS = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'pending' and status ~= 'processing' then return {-1, 0} end
+local ttl = tonumber(ARGV[2])
+local n = tonumber(ARGV[4])
+for i = 1, n do
+  local part = ARGV[4 + i]
+  redis.call('SET', KEYS[3 + i], ARGV[4 + n + i], 'EX', ttl)
+  redis.call('SADD', KEYS[2], part)
+  redis.call('HSET', KEYS[3], part, ARGV[1])
+end
+redis.call('EXPIRE', KEYS[2], ttl)
+redis.call('EXPIRE', KEYS[3], ttl)
+local done = redis.call('SCARD', KEYS[2])
+local landed = 0
+if done >= tonumber(redis.call('HGET', KEYS[1], 'parts')) then
+  landed = redis.call('HSETNX', KEYS[1], 'landed', ARGV[3])
+end
+return {done, landed}
+"""
+
+
+# KEYS: workers sorted set, slots hash; ARGV: now.
+_FORGET_DEAD = """
+local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+for _, name in ipairs(dead) do
+  redis.call('ZREM', KEYS[1], name)
+  redis.call('HDEL', KEYS[2], name)
+end
+return #dead
+"""
+
+
+@dataclass(frozen=True)
+class WindowRead:
+    """Where a part's input window lies: bytes ``[first, last]`` of a plane's column strip."""
+
+    part: int
+    plane: int
+    column: int
+    first: int
+    last: int
+
+
+@dataclass(frozen=True)
+class GroupStart:
+    """What :meth:`JobStore.begin_group` found: the job's state and the group's windows.
+
+    ``windows`` is ``None`` unless the job is unfinished, in time and no part of
+    the group is over its deliveries; an empty ``bytes`` stands for a window
+    whose strip is gone (the job ended meanwhile).
+    """
+
+    status: JobStatus | None
+    deadline: float
+    deliveries: int
+    """The most deliveries of any part of the group, this one included."""
+    worst_part: int
+    windows: list[bytes] | None
 
 
 def token_hash(token: str) -> str:
@@ -142,6 +223,8 @@ class JobRecord:
     params: dict[str, Any]
     plan: dict[str, Any]
     parts: int
+    groups: int
+    """Tasks the job was sent as (each carries a group of parts)."""
     created: float
     deadline: float
     done: int = 0
@@ -187,7 +270,9 @@ class JobStore:
         self.redis: Any = client
         self.ttl = ttl
         self._transition = client.register_script(_TRANSITION)
-        self._record_output = client.register_script(_RECORD_OUTPUT)
+        self._begin_group = client.register_script(_BEGIN_GROUP)
+        self._forget_dead = client.register_script(_FORGET_DEAD)
+        self._record_outputs = client.register_script(_RECORD_OUTPUTS)
 
     @classmethod
     def from_url(cls, url: str, ttl: int, connect_timeout: float | None = None) -> JobStore:
@@ -219,17 +304,22 @@ class JobStore:
         owner_name: str,
         params: Mapping[str, Any],
         plan: Mapping[str, Any],
-        inputs: Iterable[tuple[int, bytes]],
+        parts: int,
+        strips: Iterable[tuple[int, int, bytes]],
         extras: Mapping[str, bytes],
         timeout: float,
+        groups: int | None = None,
     ) -> None:
-        """Record a new ``pending`` job with its input windows (``(part, npy bytes)``), all expiring after the TTL."""
+        """Record a new ``pending`` job of ``parts`` parts (in ``groups`` tasks; default one
+        per part) with its input, all expiring after the TTL.
+
+        ``strips`` are ``(plane, column, raw bytes)`` (see the key layout). One
+        transaction: a job is recorded whole or not at all.
+        """
         now = time.time()
-        parts = 0
         pipe = self.redis.pipeline(transaction=True)
-        for part, data in inputs:
-            pipe.set(self.key(job_id, "in", part), data, ex=self.ttl)
-            parts += 1
+        for plane, column, data in strips:
+            pipe.set(self.key(job_id, "in", plane, column), data, ex=self.ttl)
         for name, data in extras.items():
             pipe.set(self.key(job_id, "extra", name), data, ex=self.ttl)
         record = {
@@ -239,6 +329,7 @@ class JobStore:
             "params": json.dumps(dict(params)),
             "plan": json.dumps(dict(plan)),
             "parts": parts,
+            "groups": parts if groups is None else groups,
             "created": now,
             "deadline": now + timeout,
         }
@@ -265,6 +356,7 @@ class JobStore:
             params=json.loads(fields["params"]),
             plan=json.loads(fields["plan"]),
             parts=int(fields["parts"]),
+            groups=int(fields.get("groups", fields["parts"])),
             created=float(fields["created"]),
             deadline=float(fields["deadline"]),
             done=int(done),
@@ -371,30 +463,52 @@ class JobStore:
 
     # --- parts ----------------------------------------------------------------
 
-    def read_input(self, job_id: str, part: int) -> bytes | None:
-        """A part's input window (npy bytes), or ``None`` once the job has dropped its tiles."""
-        value: bytes | None = self.redis.get(self.key(job_id, "in", part))
+    def read_strip(self, job_id: str, plane: int, column: int) -> bytes | None:
+        """A whole input strip, or ``None`` once the job has dropped its tiles."""
+        value: bytes | None = self.redis.get(self.key(job_id, "in", plane, column))
         return value
+
+    def plan_of(self, job_id: str) -> dict[str, Any] | None:
+        """The job's plan (the dict the API recorded), or ``None`` for no such job."""
+        raw = self.redis.hget(self.key(job_id), "plan")
+        return None if raw is None else dict(json.loads(raw))
 
     def read_extra(self, job_id: str, name: str) -> bytes | None:
         value: bytes | None = self.redis.get(self.key(job_id, "extra", name))
         return value
 
-    def record_output(self, job_id: str, part: int, output: bytes, worker: str) -> int:
-        """Store a part's output core, mark it done, note the worker, atomically.
-
-        Returns the parts done so far, or -1 (and stores nothing) if the job has ended.
+    def begin_group(
+        self, job_id: str, reads: list[WindowRead], runner: str, max_deliveries: int
+    ) -> GroupStart:
+        """Start a group of parts, in one round trip: count a delivery of each, note
+        ``runner`` (``host:pid``) as running them, mark the job ``processing`` and
+        read their input windows (see :class:`GroupStart` for when it does not).
         """
-        keys = [
-            self.key(job_id),
-            self.key(job_id, "out", part),
-            self.key(job_id, "done"),
-            self.key(job_id, "workers"),
-        ]
-        done: int = self._record_output(
-            keys=keys, args=[output, part, worker, self.ttl, time.time()]
-        )
-        return done
+        keys = [self.key(job_id), self.key(job_id, "deliveries"), self.key(job_id, "running")]
+        keys += [self.key(job_id, "in", r.plane, r.column) for r in reads]
+        args: list[str | int | float] = [runner, self.ttl, time.time(), max_deliveries, len(reads)]
+        for r in reads:
+            args += [r.part, r.first, r.last]
+        reply = self._begin_group(keys=keys, args=args)
+        status = JobStatus(reply[0].decode()) if reply[0] else None
+        windows = [bytes(w) for w in reply[4:]] if len(reply) > 4 else None
+        return GroupStart(status, float(reply[1]), int(reply[2]), int(reply[3]), windows)
+
+    def record_outputs(
+        self, job_id: str, outputs: list[tuple[int, bytes]], worker: str
+    ) -> tuple[int, bool]:
+        """Store parts' output cores, mark them done, note the worker, atomically.
+
+        Returns ``(parts done so far, whether this call landed the job's last part)``;
+        ``(-1, False)``, with nothing stored, if the job has ended.
+        """
+        keys = [self.key(job_id), self.key(job_id, "done"), self.key(job_id, "workers")]
+        keys += [self.key(job_id, "out", part) for part, _ in outputs]
+        args: list[str | int | float | bytes] = [worker, self.ttl, time.time(), len(outputs)]
+        args += [part for part, _ in outputs]
+        args += [data for _, data in outputs]
+        done, landed = self._record_outputs(keys=keys, args=args)
+        return int(done), bool(landed)
 
     def read_outputs(self, job_id: str, parts: Iterable[int]) -> list[bytes | None]:
         """The output cores of ``parts`` (npy bytes; ``None`` for one missing), in one round trip."""
@@ -460,12 +574,26 @@ class JobStore:
     # --- workers ------------------------------------------------------------------
 
     def announce_worker(self, name: str, slots: int, ttl: int = 30) -> None:
-        """A worker says it is up with ``slots`` processes; it must repeat within ``ttl``."""
-        self.redis.set(WORKERS + name, slots, ex=ttl)
+        """A worker says it is up with ``slots`` tile processes; it must repeat within ``ttl``."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.zadd(WORKERS, {name: time.time() + ttl})
+        pipe.hset(WORKER_SLOTS, name, slots)
+        pipe.execute()
+
+    def workers_up(self) -> dict[str, int]:
+        """Workers whose heartbeat has not expired, with their tile processes (one round trip)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zrangebyscore(WORKERS, time.time(), "+inf")
+        pipe.hgetall(WORKER_SLOTS)
+        names, slots = pipe.execute()
+        table = {k.decode(): int(v) for k, v in slots.items()}
+        return {n.decode(): table.get(n.decode(), 0) for n in names}
 
     def worker_slots(self) -> int:
         """Tile processes across the workers that announced themselves recently."""
-        keys = list(self.redis.scan_iter(match=WORKERS + "*", count=1000))
-        if not keys:
-            return 0
-        return sum(int(v) for v in self.redis.mget(keys) if v is not None)
+        return sum(self.workers_up().values())
+
+    def forget_dead_workers(self) -> None:
+        """Drop the heartbeats that expired (the janitor's housekeeping; atomic, so a worker
+        announcing itself meanwhile is never forgotten)."""
+        self._forget_dead(keys=[WORKERS, WORKER_SLOTS], args=[time.time()])
