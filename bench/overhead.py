@@ -12,6 +12,8 @@ side by side in one run:
   image with tile groups (the planner's choice) and with one part per task;
 - that rate for a quarter of the tiles too: with groups, a task's cost should not
   grow with its job's tile count;
+- the Redis server's CPU time per tile over each job (submit to download), which
+  bounds how many tiles per second one Redis can carry for all its workers;
 - ``POST /sr`` latency of a 4K photo-like JPEG with the default compact model
   (decode, plan, store the input strips, queue the groups).
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import statistics
 import sys
 import tempfile
@@ -59,15 +62,28 @@ def stand_in_model(path: Path) -> Path:
     return path
 
 
-def tiles_per_second(client: Client, store: JobStore, data: bytes, tile: int) -> tuple[float, int]:
-    """Parts per second from the job's first part started to its last part landed."""
-    job = client.submit(data, model=STAND_IN, tile_size=tile, tile_pad=4, format="png")
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tiles_per_second(
+    client: Client, store: JobStore, data: bytes, tile: int, pad: int, redis_pid: int
+) -> tuple[float, int, float]:
+    """Parts per second from the job's first part started to its last part landed, the
+    job's tasks, and the Redis server's CPU milliseconds per part over the whole job
+    (submit, every group, the stitch and the download)."""
+    before = cpu_seconds(redis_pid)
+    job = client.submit(data, model=STAND_IN, tile_size=tile, tile_pad=pad, format="png")
     body = client.wait(job, timeout=900, interval=0.05)
     if body["status"] != "success":
         raise RuntimeError(body)
+    client.download(job)
+    redis_ms = (cpu_seconds(redis_pid) - before) * 1000
     record = store.get(job)
     assert record is not None and record.started is not None and record.landed is not None
-    return record.parts / (record.landed - record.started), record.groups
+    return record.parts / (record.landed - record.started), record.groups, redis_ms / record.parts
 
 
 def post_latency(client: Client, data: bytes, repeat: int) -> float:
@@ -86,6 +102,9 @@ def main() -> None:
     parser.add_argument("--tile", type=int, default=32)
     parser.add_argument("--photo", default="3840x2160", help="JPEG of the POST latency run")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--pad", type=int, default=4, help="tile pad of the tile-rate runs")
+    parser.add_argument("--no-aof", action="store_true", help="Redis without its append-only file")
+    parser.add_argument("--groups-only", action="store_true", help="skip one part per task")
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
     photo_w, photo_h = (int(v) for v in args.photo.split("x"))
@@ -99,20 +118,25 @@ def main() -> None:
     quarter = encode(photo_like(width // 2, height // 2), "png")
     photo = encode(photo_like(photo_w, photo_h), "jpeg")
 
-    rates: dict[str, tuple[float, int]] = {}
-    with EmbeddedRedis(folder / "redis") as server:
+    rates: dict[str, tuple[float, int, float]] = {}
+    with EmbeddedRedis(folder / "redis", appendonly=not args.no_aof) as server:
         grouped = dataclasses.replace(base, redis_url=server.url)
         single = dataclasses.replace(grouped, parts_per_group=1)
         store = JobStore.from_url(server.url, 60)
-        for name, settings in (("groups", grouped), ("one part per task", single)):
+        assert server.process is not None
+        pid = server.process.pid
+        runs = [("groups", grouped), ("one part per task", single)]
+        for name, settings in runs[:1] if args.groups_only else runs:
             api = ApiServer(settings, folder).wait_ready()
             worker = WorkerProcess(settings, name.replace(" ", "-"), folder).wait_ready()
             client = Client(api.url, TOKEN, timeout=300)
             try:
-                tiles_per_second(client, store, quarter, args.tile)  # warm: session, plan code
-                rates[name] = tiles_per_second(client, store, big, args.tile)
+                tiles_per_second(
+                    client, store, quarter, args.tile, args.pad, pid
+                )  # warm: session, plan code
+                rates[name] = tiles_per_second(client, store, big, args.tile, args.pad, pid)
                 rates[name + ", 1/4 of the tiles"] = tiles_per_second(
-                    client, store, quarter, args.tile
+                    client, store, quarter, args.tile, args.pad, pid
                 )
                 if name == "groups":
                     post_latency(client, photo, 1)
@@ -122,13 +146,21 @@ def main() -> None:
                 worker.stop()
                 api.stop()
 
-    parts = (width // args.tile) * (height // args.tile)
-    print(f"stand-in engine ({STAND_IN}), {width}x{height} at tile {args.tile}: {parts} tiles")
-    for name, (rate, groups) in rates.items():
-        print(f"  {name:32} {rate:8.0f} tiles/s  ({groups} tasks)")
+    parts = -(-width // args.tile) * -(-height // args.tile)
+    core = (args.tile * 4) ** 2 * 3
     print(
-        f"  groups / one part per task: {rates['groups'][0] / rates['one part per task'][0]:.1f}x"
+        f"stand-in engine ({STAND_IN}), {width}x{height} at tile {args.tile} pad {args.pad}: "
+        f"{parts} tiles, {core / 2**20:.2f} MiB of output per tile, "
+        f"Redis AOF {'off' if args.no_aof else 'on'}"
     )
+    for name, (rate, groups, redis_ms) in rates.items():
+        print(
+            f"  {name:32} {rate:8.0f} tiles/s  ({groups} tasks)  Redis CPU {redis_ms:6.2f} ms/tile"
+            f" (one Redis: at most {1000 / redis_ms:.0f} tiles/s)"
+        )
+    if "one part per task" in rates:
+        ratio = rates["groups"][0] / rates["one part per task"][0]
+        print(f"  groups / one part per task: {ratio:.1f}x")
     print(
         "  groups, all tiles / a quarter of them: "
         f"{rates['groups'][0] / rates['groups, 1/4 of the tiles'][0]:.2f} (1.0: cost per task flat)"

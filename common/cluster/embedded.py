@@ -52,17 +52,25 @@ def free_port() -> int:
 
 
 class EmbeddedRedis:
-    """One ``redis-server`` child process with AOF in ``folder``.
+    """One ``redis-server`` child process with AOF in ``folder`` (unless ``appendonly`` is off).
 
     ``start()`` returns once the server answers PING; ``stop()`` shuts it down
     (writing the AOF). The same ``folder`` and ``port`` may be started again, as
     a Redis restart does.
     """
 
-    def __init__(self, folder: Path, port: int | None = None, password: str | None = None):
+    def __init__(
+        self,
+        folder: Path,
+        port: int | None = None,
+        password: str | None = None,
+        *,
+        appendonly: bool = True,
+    ):
         self.folder = Path(folder)
         self.port = port or free_port()
         self.password = password
+        self.appendonly = appendonly
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -77,7 +85,7 @@ class EmbeddedRedis:
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--dir", str(self.folder),
-            "--appendonly", "yes",
+            "--appendonly", "yes" if self.appendonly else "no",
             "--appendfsync", "everysec",
             "--save", "",
             "--maxmemory-policy", "noeviction",
