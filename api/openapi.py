@@ -293,6 +293,12 @@ def _schemas() -> dict[str, Any]:
                     "minimum": 0,
                     "description": "tile processes up now",
                 },
+                "engines": {
+                    "type": "object",
+                    "description": "worker name -> what its processes run, e.g. "
+                    "'openvino fp32 on CPU (AMD EPYC), 2 threads'",
+                    "additionalProperties": {"type": "array", "items": {"type": "string"}},
+                },
             },
         },
         "Submitted": {

@@ -64,6 +64,7 @@ def index() -> Response:
             "version": svc.version,
             "models": svc.registry.names(),
             "workers": svc.store.worker_slots(),
+            "engines": svc.store.worker_engines(),
         }
     )
 

@@ -202,3 +202,12 @@ def test_worker_modules_import_in_any_order(first: str, cluster_settings) -> Non
     )
     assert done.returncode == 0, done.stderr
     assert TILE_TASK in done.stdout and STITCH_TASK in done.stdout
+
+
+def test_index_reports_what_each_worker_runs(api, worker, photo) -> None:
+    wait_done(api, submit(api, inputs(photo)["rgb"]))
+    engines = client(api).info()["engines"]
+    described = engines.get(worker.hostname, [])
+    assert described, engines
+    # e.g. "openvino fp32 on CPU (AMD EPYC), 2 threads": engine, precision and threads named
+    assert any("fp32" in d and "thread" in d for d in described), described

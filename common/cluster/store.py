@@ -22,6 +22,7 @@ every one with the result TTL::
     srcluster:active         sorted set of unfinished job keys, scored by deadline (the periodic check)
     srcluster:workers        sorted set of worker names, scored by when their heartbeat expires
     srcluster:worker-slots   hash worker name -> its tile processes
+    srcluster:worker-engines hash "worker pid model" -> what runs it (``Engine.describe()``)
 
 Arrays travel as raw bytes or ``.npy`` (dtype, shape, data; never pickles), not
 PNG: encoding every tile would cost more than a compact-model tile's inference.
@@ -38,6 +39,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -52,6 +54,7 @@ PREFIX = "srcluster:job:"
 ACTIVE = "srcluster:active"
 WORKERS = "srcluster:workers"
 WORKER_SLOTS = "srcluster:worker-slots"
+WORKER_ENGINES = "srcluster:worker-engines"
 
 
 class JobStatus(StrEnum):
@@ -155,12 +158,18 @@ return {done, landed}
 """
 
 
-# KEYS: workers sorted set, slots hash; ARGV: now.
+# KEYS: workers sorted set, slots hash, engines hash; ARGV: now.
 _FORGET_DEAD = """
 local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if #dead == 0 then return 0 end
+local gone = {}
 for _, name in ipairs(dead) do
   redis.call('ZREM', KEYS[1], name)
   redis.call('HDEL', KEYS[2], name)
+  gone[name] = true
+end
+for _, key in ipairs(redis.call('HKEYS', KEYS[3])) do
+  if gone[string.match(key, '^(%S+)')] then redis.call('HDEL', KEYS[3], key) end
 end
 return #dead
 """
@@ -589,6 +598,20 @@ class JobStore:
         table = {k.decode(): int(v) for k, v in slots.items()}
         return {n.decode(): table.get(n.decode(), 0) for n in names}
 
+    def report_engine(self, worker: str, model: str, description: str) -> None:
+        """A worker process says which engine runs ``model`` (shown by ``GET /``)."""
+        self.redis.hset(WORKER_ENGINES, f"{worker} {os.getpid()} {model}", description)
+
+    def worker_engines(self) -> dict[str, list[str]]:
+        """What each worker that is up runs: worker name -> distinct engine descriptions."""
+        up = self.workers_up()
+        found: dict[str, list[str]] = {}
+        for key, value in self.redis.hgetall(WORKER_ENGINES).items():
+            worker = key.decode().split(" ", 1)[0]
+            if worker in up and value.decode() not in found.setdefault(worker, []):
+                found[worker].append(value.decode())
+        return found
+
     def worker_slots(self) -> int:
         """Tile processes across the workers that announced themselves recently."""
         return sum(self.workers_up().values())
@@ -596,4 +619,4 @@ class JobStore:
     def forget_dead_workers(self) -> None:
         """Drop the heartbeats that expired (the janitor's housekeeping; atomic, so a worker
         announcing itself meanwhile is never forgotten)."""
-        self._forget_dead(keys=[WORKERS, WORKER_SLOTS], args=[time.time()])
+        self._forget_dead(keys=[WORKERS, WORKER_SLOTS, WORKER_ENGINES], args=[time.time()])
