@@ -38,6 +38,7 @@ import onnxruntime as ort
 
 from common import ncnn
 from common.errors import BadParameter, ModelError, UnknownModel
+from common.memory import WindowMemory
 from common.ncnn import convert
 from common.settings import Settings
 
@@ -65,7 +66,10 @@ class ModelSpec:
     """What the rest of srcluster needs to know about one model.
 
     ``default_pad`` is the context (input pixels) added around each tile;
-    ``max_tile`` the largest tile side (input pixels) used by default on CPU.
+    ``max_tile`` the largest tile side (input pixels) used by default when the
+    model's window memory is not known for an engine (user models): otherwise
+    windows are sized from ``memory``, each engine key's (see
+    :data:`common.memory.ENGINE_KEYS`) measured peak memory per window pixel.
     Built-ins name their ncnn ``param_file``/``bin_file``; user models their
     copied ``onnx_file``.
     """
@@ -79,6 +83,64 @@ class ModelSpec:
     param_file: Path | None = None
     bin_file: Path | None = None
     onnx_file: Path | None = None
+    memory: tuple[tuple[str, WindowMemory], ...] = ()
+
+    def window_memory(self, engine: str) -> WindowMemory | None:
+        """Peak memory of one window on ``engine`` (an engine key), or ``None`` if not known."""
+        return dict(self.memory).get(engine)
+
+
+# -- window memory per model family and engine -------------------------------------
+#
+# Measured by `bench/plans.py memory` on an AMD EPYC (Zen 2), 2 threads, 24 GiB RAM,
+# ONNX Runtime 1.32 and OpenVINO 2026.4, fp32: each window in a fresh process, the
+# peak RSS (VmHWM, reset after a 32x32 warm-up run) minus the RSS with the model
+# loaded, for uint8 window -> float input -> inference -> float output -> uint8
+# pixels: what a worker process holds for one window, since ORT's arena keeps its
+# peak. Peaks do not depend on the CPU's speed; they would change with the engine's
+# version or graph optimizations, so re-measure after upgrading either.
+
+_RRDB_ORT_CPU = WindowMemory(bytes_per_pixel=17_500)
+"""RRDBNet (x4plus, 23 blocks; x4plus-anime, 6 blocks: one peak, as ORT reuses each
+block's buffers), ORT CPU. Measured bytes per window px: x4plus 8855 / 15516 / 13329
+at 64^2 / 128^2 / 192^2; x4plus-anime 15518 / 16371 / 13690 / 13230 at 128^2 / 256^2
+/ 384^2 / 620x532 (4.36 GB). The arena grows in steps, so per-pixel peaks vary
++-15 % with no fixed part to fit: the fact is the largest ratio plus 7 %."""
+
+_COMPACT_ORT_CPU = WindowMemory(bytes_per_pixel=1_550)
+"""SRVGGNet compact (animevideov3; measured on x4, x2/x3 run the same convolutions),
+ORT CPU: 1454 / 1455 / 1428 / 1172 bytes per window px at 128^2 / 256^2 / 512^2 /
+1300x740; the largest plus 6 %."""
+
+_X4PLUS_OPENVINO_CPU = WindowMemory(bytes_per_pixel=9_600, fixed_bytes=150_000_000)
+"""x4plus, OpenVINO CPU, counting the compile of the window's static shape (where it
+plans its buffers): 174 / 286 / 471 MB at 64^2 / 128^2 / 192^2, a straight line of
+9033 bytes per px + 138 MB (weights repacked for the shape); plus 6 % and 9 %."""
+
+_X4PLUS_ANIME_OPENVINO_CPU = WindowMemory(bytes_per_pixel=9_600, fixed_bytes=45_000_000)
+"""x4plus-anime, OpenVINO CPU: 187 / 633 / 1374 MB at 128^2 / 256^2 / 384^2, 9074
+bytes per px + 38 MB; plus 6 % and 18 %."""
+
+_COMPACT_OPENVINO_CPU = WindowMemory(bytes_per_pixel=1_550, fixed_bytes=10_000_000)
+"""Compact, OpenVINO CPU: 31 / 102 / 385 MB at 128^2 / 256^2 / 512^2, 1439 bytes per
+px + 7.7 MB; plus 8 % and 30 %."""
+
+CUDA_FIXED_BYTES = 1 << 30
+"""ASSUMED, not measured (no GPU was available): CUDA context, cuDNN workspace and
+the BFC arena's rounding take up to 1 GiB of a GPU's memory beyond the windows."""
+
+
+def _with_cuda(cpu: WindowMemory, openvino: WindowMemory) -> tuple[tuple[str, WindowMemory], ...]:
+    """Every engine key's window memory. The CUDA facts are ASSUMED, not measured: a
+    window's tensors on CUDA are ORT CPU fp32's (fp32) or half their bytes (fp16),
+    plus :data:`CUDA_FIXED_BYTES`. Measure them (``bench/plans.py memory`` with a
+    CUDA engine) on the first GPU host."""
+    return (
+        ("ort-cpu", cpu),
+        ("openvino-cpu", openvino),
+        ("ort-cuda-fp32", WindowMemory(cpu.bytes_per_pixel, CUDA_FIXED_BYTES)),
+        ("ort-cuda-fp16", WindowMemory(cpu.bytes_per_pixel // 2, CUDA_FIXED_BYTES)),
+    )
 
 
 @dataclass(frozen=True)
@@ -88,32 +150,83 @@ class _Builtin:
     pad: int
     max_tile: int
     description: str
+    memory: tuple[tuple[str, WindowMemory], ...]
 
+
+# -- default pads, from measured quality-versus-context curves ----------------------
+#
+# `bench/plans.py pads` (ORT CPU fp32, PSNR of 8-bit output against whole-image
+# inference of the reflection-extended image) measured two things per model:
+#
+# * the curve: a real photo inferred whole and as strips with no context gives each
+#   output pixel's error as a function of its distance c (input px) to the nearest
+#   cut; from it, the whole-image PSNR of any plan is predicted (real tiled runs came
+#   out 0.1-2.3 dB below the prediction, corners where two cuts add). Photo:
+#   scikit-image 0.26's coffee.png (600x400 real photo, CC0), crops as stated.
+# * the worst case: tests/data/photo.png (fur, whiskers), crop 100x56 in 40 px tiles,
+#   so every pixel lies within 20 px of a seam: an image of nothing but seams.
+#
+# The rule: the least pad at which (a) the whole image predicted for the densest plan
+# the planner makes (128 px tiles), less 2.3 dB, is >= 53 dB (the 50 dB bar with 3 dB
+# of margin), and (b) the all-seams crop still meets 50 dB. Larger tiles only raise
+# the whole image's PSNR: at the plans picked for 600x512 and 1280x720 on 2-8
+# workers the prediction is 1-13 dB above the 128 px figure; one window is exact.
+
+COMPACT_PAD = 12
+"""realesr-animevideov3 (x2/x3/x4; curve on x4, whole coffee.png). Seam band (the 8
+input px next to a cut): pad 4: 50.5 dB (max |diff| 16), 8: 58.0 (7), 12: 66.6 (1),
+16: 80.6 (1), 18 and more: bit-exact. 128 px tiles: 56.3 / 63.9 / 73.6 / 87.8 dB
+predicted; at pad 8, 20 windows of 136x116 measured 63.2 dB (predicted 63.3). Pad 8
+would meet the rule; 12 keeps tiles within one level of whole-image inference (max
+|diff| 1), which the pipeline's tests promise for this model."""
+
+X4PLUS_ANIME_PAD = 24
+"""realesrgan-x4plus-anime (curve on coffee.png 400x300+100+50). 128 px tiles
+predicted: pad 16: 56.1 dB, 20: 58.4, 24: 60.7, 28: 63.0, 32: 65.4, 40: 70.3, 48:
+75.1; 1-D seam band 51.2 / 53.3 / 55.4 / 57.6 / 60.0 / 64.8 / 69.3 dB. Measured on
+the crop at 160 px tiles: pad 20: 61.5 dB (predicted 63.4), pad 24: 64.2 (66.5). All
+seams (fur): pad 20: 49.7 dB, 24: 53.6, 28: 55.1, 32: 59.9. Pad 20 fails (b)."""
+
+X4PLUS_PAD = 28
+"""realesrgan-x4plus (curve on coffee.png 300x200+150+100). 128 px tiles predicted:
+pad 16: 52.3 dB, 20: 53.8, 24: 54.9, 28: 55.9, 32: 56.8, 40: 58.0; 1-D seam band
+49.0 / 50.7 / 52.0 / 53.6 / 55.4 / 59.4 dB. All seams (fur): pad 24: 48.4 dB, 28:
+50.8 (max |diff| 8), 32: 54.7 (5). Pad 24 fails both (a) and (b). Measured at a
+real plan (whole coffee.png 600x400 on 4 workers: 6 windows of 256x256), pad 28:
+63.1 dB, seam band 54.1 dB, max |diff| 9."""
 
 _BUILTINS: dict[str, _Builtin] = {
     "realesrgan-x4plus": _Builtin(
-        "REALESRGAN_X4PLUS_UP4X",
-        4,
-        32,
-        256,
-        "Real-ESRGAN x4plus: general photos (RRDBNet, 23 blocks)",
+        stem="REALESRGAN_X4PLUS_UP4X",
+        scale=4,
+        pad=X4PLUS_PAD,
+        max_tile=256,
+        description="Real-ESRGAN x4plus: general photos (RRDBNet, 23 blocks)",
+        memory=_with_cuda(_RRDB_ORT_CPU, _X4PLUS_OPENVINO_CPU),
     ),
     "realesrgan-x4plus-anime": _Builtin(
-        "REALESRGAN_X4PLUSANIME_UP4X",
-        4,
-        32,
-        256,
-        "Real-ESRGAN x4plus anime: illustrations (6 blocks)",
+        stem="REALESRGAN_X4PLUSANIME_UP4X",
+        scale=4,
+        pad=X4PLUS_ANIME_PAD,
+        max_tile=256,
+        description="Real-ESRGAN x4plus anime: illustrations (6 blocks)",
+        memory=_with_cuda(_RRDB_ORT_CPU, _X4PLUS_ANIME_OPENVINO_CPU),
     ),
-    "realesr-animevideov3": _Builtin(
-        "REALESRGAN_ANIMAVIDEOV3_UP4X", 4, 18, 512, "Real-ESRGAN anime video v3 x4: small and fast"
-    ),
-    "realesr-animevideov3-x2": _Builtin(
-        "REALESRGAN_ANIMAVIDEOV3_UP2X", 2, 18, 512, "Real-ESRGAN anime video v3 x2: small and fast"
-    ),
-    "realesr-animevideov3-x3": _Builtin(
-        "REALESRGAN_ANIMAVIDEOV3_UP3X", 3, 18, 512, "Real-ESRGAN anime video v3 x3: small and fast"
-    ),
+    **{
+        name: _Builtin(
+            stem=f"REALESRGAN_ANIMAVIDEOV3_UP{scale}X",
+            scale=scale,
+            pad=COMPACT_PAD,
+            max_tile=512,
+            description=f"Real-ESRGAN anime video v3 x{scale}: small and fast",
+            memory=_with_cuda(_COMPACT_ORT_CPU, _COMPACT_OPENVINO_CPU),
+        )
+        for name, scale in (
+            ("realesr-animevideov3", 4),
+            ("realesr-animevideov3-x2", 2),
+            ("realesr-animevideov3-x3", 3),
+        )
+    },
 }
 
 BUILTIN_NAMES: tuple[str, ...] = tuple(_BUILTINS)
@@ -173,6 +286,7 @@ class Registry:
                 description=builtin.description,
                 param_file=folder / f"{builtin.stem}.param",
                 bin_file=folder / f"{builtin.stem}.bin",
+                memory=builtin.memory,
             )
         entry = self._read_user_models().get(name)
         if entry is None:

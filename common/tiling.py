@@ -20,7 +20,6 @@ coordinates are in the *extended* frame (image frame + ``BORDER``).
 from __future__ import annotations
 
 import itertools
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +41,16 @@ class Span:
     window: int
 
 
+def _axis_shape(length: int, tile: int, pad: int, border: int) -> tuple[int, int]:
+    """``(count, window)`` of the spans :func:`split_axis` makes; O(1), for planning."""
+    extended = length + 2 * border
+    if tile + 2 * pad >= extended:
+        return 1, extended
+    count = -(-length // tile)
+    # balanced cores are at most ceil(length / count) long: windows need no more than that
+    return count, extended if count == 1 else min(-(-length // count) + 2 * pad, extended)
+
+
 def split_axis(length: int, tile: int, pad: int, border: int = BORDER) -> tuple[int, list[Span]]:
     """Split an axis of ``length`` image px into spans of at most ``tile`` core px.
 
@@ -52,11 +61,7 @@ def split_axis(length: int, tile: int, pad: int, border: int = BORDER) -> tuple[
     if length < 1 or tile < 1 or pad < 0:
         raise ValueError(f"bad axis: length={length} tile={tile} pad={pad}")
     extended = length + 2 * border
-    count = 1 if tile + 2 * pad >= extended else math.ceil(length / tile)
-    # balanced cores are at most ceil(length / count) long: windows need no more than that
-    window = min(-(-length // count) + 2 * pad, extended)
-    if count == 1:
-        window = extended
+    count, window = _axis_shape(length, tile, pad, border)
     spans = []
     for i in range(count):
         start = length * i // count
@@ -117,40 +122,122 @@ def plan_tiles(width: int, height: int, tile: int, pad: int, border: int = BORDE
     return TilePlan(width, height, tile, pad, window_w, window_h, tiles, border)
 
 
+WINDOW_OVERHEAD_PIXELS = 4096
+"""Fixed cost of one window beyond its pixels, as the window pixels of inference it is worth.
+
+On CPU a window's inference time is proportional to its pixels (from the costs per
+useful pixel measured on a 2-core Xeon, DESIGN.md section 5: compact 3.6 s per MP
+of window at 100x100 and 3.9 at 548x548, x4plus 82 and 94 at 128x128 and 320x320),
+so what a window adds is the cluster's per-tile machinery: ~18 ms per tile measured
+(55 tiles/s through one worker), ~4096 px of compact-model CPU inference. For slower
+models it overstates the overhead, which only nudges plans towards fewer windows; a
+GPU worker, ~50x faster per pixel, should pass a proportionally larger value.
+"""
+
+
+def _plan_shape(width: int, height: int, tile: int, pad: int, border: int) -> tuple[int, int]:
+    """``(windows, pixels per window)`` of ``plan_tiles(width, height, tile, pad)``, in O(1)."""
+    columns, window_w = _axis_shape(width, tile, pad, border)
+    rows, window_h = _axis_shape(height, tile, pad, border)
+    return columns * rows, window_w * window_h
+
+
+def _one_window_tile(length: int, pad: int, border: int) -> int:
+    """The least tile for which an axis of ``length`` px is one window (see :func:`_axis_shape`)."""
+    return max(1, min(length, length + 2 * (border - pad)))
+
+
 def auto_tile_size(
-    width: int, height: int, pad: int, max_tile: int, workers: int = 1, min_tile: int = 128
+    width: int,
+    height: int,
+    pad: int,
+    max_tile: int,
+    workers: int = 1,
+    min_tile: int = 128,
+    *,
+    max_window_pixels: int | None = None,
+    window_overhead: int = WINDOW_OVERHEAD_PIXELS,
+    border: int = BORDER,
 ) -> int:
-    """Pick a tile side for an image.
+    """The tile side whose plan finishes ``width`` x ``height`` soonest; a pure function.
 
-    ``max_tile`` bounds the *area* of a window, ``(max_tile + 2 * pad)**2``: that is
-    what inference memory and cache behaviour depend on. Within that budget:
+    Memory: every window has at most ``max_window_pixels`` px (``h * w`` of the
+    window, context included), the limit that one inference process's memory
+    budget allows (:func:`common.memory.window_pixel_limit`). Without it the limit
+    is ``(max_tile + 2 * pad) ** 2``, the old fixed cap, kept for models whose
+    memory per pixel is not known.
 
-    - one worker: the tile whose plan infers the fewest pixels (overlap is pure
-      waste), so a 320x240 image under a 256 limit is one window of 340x260, not
-      two of 224x260;
-    - several workers: the largest tile that still gives about two tiles per
-      worker, never below ``min_tile``; small tiles only pay when they buy
-      parallelism across hosts.
+    Time: a plan of ``n`` windows of ``p`` px each is estimated to take
+    ``n * c / workers + (1 - 1 / workers) * c`` with ``c = p + window_overhead``
+    (window-pixel units). That is Graham's bound for greedy list scheduling:
+    whatever the workers' speeds and start times, the job ends within its total
+    work shared out plus one window's tail. So with one worker the plan inferring
+    the fewest pixels wins (one window whenever the whole extended image fits),
+    and with several, tiles get smaller only while the parallelism they buy
+    outweighs the context they add: that lands at about 1-3 tiles per worker,
+    smaller tiles only where the pad is a small part of them.
+
+    With one worker, an image whose extended size fits the limit is always one
+    window (exactly the reference, even where a pad below :data:`BORDER` would
+    let cuts save a few pixels). Tiles are at least ``min_tile`` unless the
+    memory limit forces smaller ones or one window holds the whole image. Ties
+    go to fewer pixels, then the larger tile. Runs in microseconds: plans are
+    costed per axis, never built.
+
+    Raises:
+        ValueError: a size is not positive, ``pad`` is negative, or not even a
+            one-pixel tile's window fits in ``max_window_pixels``.
     """
-    budget = (max_tile + 2 * pad) ** 2
-    longest = max(width, height)
-    if workers <= 1:
-        best, best_cost = max_tile, math.inf
-        for tile in range(
-            max(min_tile, max_tile // 2), min(longest, 4 * max_tile, MAX_TILE) + 1, 8
-        ):
-            plan = plan_tiles(width, height, tile, pad)
-            if plan.window_width * plan.window_height > budget:
-                continue
-            cost = len(plan) * plan.window_width * plan.window_height
-            if cost <= best_cost:  # ties go to the larger tile: fewer, larger tasks
-                best, best_cost = tile, cost
-        return best
-    target = 2 * workers
-    for tile in range(max_tile, min_tile - 1, -16):
-        if len(plan_tiles(width, height, tile, pad)) >= target:
-            return tile
-    return min(min_tile, max_tile)
+    if width < 1 or height < 1 or pad < 0 or max_tile < 1:
+        raise ValueError(f"bad image or tile: {width}x{height} pad={pad} max_tile={max_tile}")
+    limit = (max_tile + 2 * pad) ** 2 if max_window_pixels is None else max_window_pixels
+    workers = max(1, workers)
+    ones = (_one_window_tile(width, pad, border), _one_window_tile(height, pad, border))
+    if workers == 1 and (width + 2 * border) * (height + 2 * border) <= limit:
+        # exactly the reference; cuts could only save the border a pad below it drops
+        return max(ones)
+    floor = min(min_tile, max(ones))
+    best = _best_tile(width, height, pad, limit, workers, floor, ones, window_overhead, border)
+    if best is None:  # the memory limit is below a min_tile window: go as small as needed
+        best = _best_tile(width, height, pad, limit, workers, 1, ones, window_overhead, border)
+    if best is None:
+        raise ValueError(f"no window of pad {pad} fits in {limit} px")
+    return best
+
+
+def _best_tile(
+    width: int,
+    height: int,
+    pad: int,
+    limit: int,
+    workers: int,
+    floor: int,
+    ones: tuple[int, int],
+    overhead: int,
+    border: int,
+) -> int | None:
+    # A plan depends on the tile only through the tile counts per axis, which change
+    # at ceil(length / count) and at each axis' one-window tile: those break points
+    # are the only candidates worth costing.
+    whole = max(ones)
+    candidates = {*ones, floor}
+    for length in (width, height):
+        for count in range(2, length // floor + 2):
+            candidates.add(-(-length // count))
+    best: tuple[float, int, int] | None = None
+    chosen = None
+    for tile in candidates:
+        if tile < floor or tile > whole:
+            continue
+        count, pixels = _plan_shape(width, height, tile, pad, border)
+        if pixels > limit:
+            continue
+        cost = pixels + overhead
+        estimate = count * cost / workers + (1 - 1 / workers) * cost
+        key = (estimate, count * pixels, -tile)
+        if best is None or key < best:
+            best, chosen = key, tile
+    return chosen
 
 
 def extend(pixels: npt.NDArray[np.generic], border: int = BORDER) -> npt.NDArray[np.generic]:

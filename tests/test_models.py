@@ -28,7 +28,7 @@ def test_builtins_are_listed_with_their_scales(tmp_path: Path) -> None:
         "realesr-animevideov3-x3": 3,
     }
     spec = registry.get("realesrgan-x4plus")
-    assert (spec.source, spec.default_pad, spec.max_tile) == ("builtin", 32, 256)
+    assert (spec.source, spec.default_pad, spec.max_tile) == ("builtin", 28, 256)
     assert spec.param_file is not None and spec.param_file.is_file()
 
 
