@@ -140,8 +140,9 @@ def submit() -> Response:
     )
     timeout = _timeout(form.get("timeout"))
     data = _upload()
+    slots, window_budget = svc.store.capacity()
     prepared = jobs.prepare(
-        data, params, svc.settings, svc.registry, workers=svc.store.worker_slots()
+        data, params, svc.settings, svc.registry, workers=slots, window_budget=window_budget
     )
     del data
     jobs.submit(

@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from common import groups, tiling
+from common import groups, memory, tiling
 from common.engines import Engine, get_engine
 from common.errors import BadParameter, ImageTooLarge
 from common.imageio import Image, decode, default_output_format, encode
@@ -139,8 +139,17 @@ def make_plan(
     spec: ModelSpec,
     settings: Settings,
     workers: int = 1,
+    *,
+    engine: str = "ort-cpu",
+    window_budget: int | None = None,
 ) -> JobPlan:
     """Decide tiles, planes, output size and format for ``image``.
+
+    ``workers`` is the tile processes that will share the job; ``engine`` the
+    memory key (:data:`common.memory.ENGINE_KEYS`) of what runs the windows and
+    ``window_budget`` the bytes one window may take (default: this host's share,
+    :func:`common.memory.inference_budget`). Auto tiles infer the fewest pixels
+    within that budget (:func:`common.tiling.auto_tile_size`).
 
     Raises:
         ImageTooLarge: the upscaled or final image would exceed ``settings.max_output_pixels``.
@@ -148,7 +157,15 @@ def make_plan(
     """
     height, width = image.pixels.shape[:2]
     pad = spec.default_pad if params.tile_pad is None else params.tile_pad
-    tile = params.tile_size or tiling.auto_tile_size(width, height, pad, spec.max_tile, workers)
+    budget = memory.inference_budget() if window_budget is None else window_budget
+    tile = params.tile_size or tiling.auto_tile_size(
+        width,
+        height,
+        pad,
+        spec.max_tile,
+        workers,
+        max_window_pixels=memory.window_pixel_limit(spec.window_memory(engine), budget),
+    )
     planes: tuple[str, ...] = ("color",)
     if image.has_alpha and not params.skip_alpha and not _is_opaque(image.pixels[..., 3]):
         planes = ("color", "alpha")
@@ -306,9 +323,16 @@ def upscale_image(
     """
     registry = registry or Registry(settings)
     spec = registry.get(params.model)
-    plan = make_plan(image, params, spec, settings)
     engine = get_engine(spec.name, settings)
+    plan = make_plan(image, params, spec, settings, engine=memory_key(engine))
     return run_plan(plan, image.pixels, engine, batch=batch, progress=progress), plan
+
+
+def memory_key(engine: Engine) -> str:
+    """The :mod:`common.memory` key of what ``engine`` runs on."""
+    if engine.provider in ("cuda", "tensorrt"):
+        return f"ort-cuda-{engine.precision}"
+    return "openvino-cpu" if engine.provider.startswith("openvino") else "ort-cpu"
 
 
 def check_bytes(data: bytes, settings: Settings) -> None:

@@ -106,8 +106,3 @@ def api(cluster_settings: Settings, logs: Path) -> Iterator[ApiServer]:
     server = ApiServer(cluster_settings, logs).wait_ready()
     yield server
     server.stop()
-
-
-@pytest.fixture(scope="session")
-def model_settings(settings: Settings) -> Settings:  # TEMP-ALIAS: removed once helpers land
-    return settings

@@ -15,11 +15,9 @@ from common.models import Registry
 from common.settings import Settings
 
 
-def test_engine_upscales_a_batch(model_settings: Settings) -> None:
+def test_engine_upscales_a_batch(settings: Settings) -> None:
     # engine=ort: auto may pick OpenVINO on this host (tests/test_engines.py covers that)
-    engine = get_engine(
-        "realesr-animevideov3-x2", dataclasses.replace(model_settings, engine="ort")
-    )
+    engine = get_engine("realesr-animevideov3-x2", dataclasses.replace(settings, engine="ort"))
     assert (engine.name, engine.scale, engine.provider) == ("realesr-animevideov3-x2", 2, "cpu")
     batch = np.random.default_rng(0).random((2, 3, 12, 10), dtype=np.float32)
     out = engine.run(batch)
@@ -30,11 +28,11 @@ def test_engine_upscales_a_batch(model_settings: Settings) -> None:
         engine.run(batch[:, :1])
 
 
-def test_get_engine_caches_per_process(model_settings: Settings) -> None:
-    first = get_engine("realesr-animevideov3-x2", model_settings)
-    assert get_engine("realesr-animevideov3-x2", model_settings) is first
+def test_get_engine_caches_per_process(settings: Settings) -> None:
+    first = get_engine("realesr-animevideov3-x2", settings)
+    assert get_engine("realesr-animevideov3-x2", settings) is first
     clear_engines()
-    assert get_engine("realesr-animevideov3-x2", model_settings) is not first
+    assert get_engine("realesr-animevideov3-x2", settings) is not first
 
 
 @pytest.mark.skipif(

@@ -182,19 +182,19 @@ def test_precisions_not_offered_are_config_errors(settings: Settings, message: s
         choose(settings, host())
 
 
-def test_get_engine_refuses_int8_and_emulated_bf16(model_settings: Settings) -> None:
+def test_get_engine_refuses_int8_and_emulated_bf16(settings: Settings) -> None:
     with pytest.raises(ConfigError, match="int8"):
-        get_engine("realesr-animevideov3-x2", dataclasses.replace(model_settings, precision="int8"))
+        get_engine("realesr-animevideov3-x2", dataclasses.replace(settings, precision="int8"))
     if not HOST.native_bf16:
-        bf16 = dataclasses.replace(model_settings, engine="openvino", precision="bf16")
+        bf16 = dataclasses.replace(settings, engine="openvino", precision="bf16")
         with pytest.raises(ConfigError, match="not native"):
             get_engine("realesr-animevideov3-x2", bf16)
 
 
-def test_auto_engine_says_what_it_is(model_settings: Settings) -> None:
+def test_auto_engine_says_what_it_is(settings: Settings) -> None:
     clear_engines()
-    engine = get_engine("realesr-animevideov3-x2", model_settings)
-    pick = choose(model_settings, HOST)
+    engine = get_engine("realesr-animevideov3-x2", settings)
+    pick = choose(settings, HOST)
     assert (engine.name, engine.scale, engine.precision) == (
         "realesr-animevideov3-x2",
         2,
@@ -225,10 +225,8 @@ def test_verify_caches_its_verdict(model_registry: Registry, tmp_path: Path) -> 
 
 
 @pytest.mark.skipif(AUTO.is_reference, reason="auto is ORT fp32 here: nothing to fall back from")
-def test_auto_pick_failing_the_gate_serves_ort_fp32(
-    model_settings: Settings, tmp_path: Path
-) -> None:
-    settings = dataclasses.replace(model_settings, models_dir=tmp_path)
+def test_auto_pick_failing_the_gate_serves_ort_fp32(settings: Settings, tmp_path: Path) -> None:
+    settings = dataclasses.replace(settings, models_dir=tmp_path)
     path = Registry(settings).onnx_path("realesr-animevideov3-x2")
     key = verdict_key(AUTO, "openvino-cpu" if AUTO.engine == "openvino" else "cpu", HOST)
     verdicts = {key: {"passed": False, "psnr_db": 12.0}}  # as a failed probe leaves it
@@ -376,8 +374,8 @@ def test_guard_never_returns_nan_from_the_reference(model_registry: Registry) ->
     assert float(out[0].max()) == 0.0 and float(out[1].max()) > 0.1
 
 
-def test_served_engine_is_guarded(model_settings: Settings) -> None:
-    engine = get_engine("realesr-animevideov3-x2", model_settings)
+def test_served_engine_is_guarded(settings: Settings) -> None:
+    engine = get_engine("realesr-animevideov3-x2", settings)
     assert isinstance(engine, GuardedEngine)
     fallback = engine.fallback()
     if engine.provider == "cpu" and engine.precision == "fp32":

@@ -19,6 +19,7 @@ from typing import Any
 
 from celery import signals
 
+from common import memory
 from common.cluster import jobs
 from common.cluster.protocol import STITCH_TASK
 from common.cluster.store import JobStore
@@ -98,12 +99,20 @@ def _start_janitor(sender: Any = None, **_: Any) -> None:
 
 
 def _janitor(name: str, slots: int) -> None:
-    """Announce this worker and end overdue jobs, forever (a daemon thread of the main process)."""
+    """Announce this worker and end overdue jobs, forever (a daemon thread of the main process).
+
+    The announcement carries what one pool process may spend on a window (this
+    host's memory shared out among them), so the API plans windows that fit the
+    smallest worker up.
+    """
     s = settings()
     janitor_store = JobStore.from_url(s.redis_url, s.result_ttl)
+    window_budget = memory.inference_budget(processes=max(1, _pool_processes))
     while True:
         try:
-            janitor_store.announce_worker(name, slots, ttl=3 * s.janitor_interval)
+            janitor_store.announce_worker(
+                name, slots, ttl=3 * s.janitor_interval, window_budget=window_budget
+            )
             for job_id in jobs.reap(janitor_store):
                 log.warning("job %s ended failed: past its timeout", job_id)
             for job_id in jobs.unstitched(janitor_store, grace=max(5.0, 2.0 * s.janitor_interval)):

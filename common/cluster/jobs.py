@@ -91,8 +91,10 @@ def prepare(
     settings: Settings,
     registry: Registry,
     workers: int = 1,
+    window_budget: int | None = None,
 ) -> Prepared:
-    """Validate and plan one upload; nothing is stored yet.
+    """Validate and plan one upload for ``workers`` tile processes whose smallest window
+    budget is ``window_budget`` bytes (``None``: this host's); nothing is stored yet.
 
     Raises:
         ImageTooLarge, UnsupportedImage: the bytes are too many or not a usable image.
@@ -101,7 +103,10 @@ def prepare(
     check_bytes(data, settings)
     spec = registry.get(params.model)
     image = decode(data, settings.max_pixels)
-    plan = make_plan(image, params, spec, settings, workers=max(1, workers))
+    # the CPU engine with the largest windows in memory: safe whichever engine a worker runs
+    plan = make_plan(
+        image, params, spec, settings, workers=max(1, workers), window_budget=window_budget
+    )
     return Prepared(job_id=uuid.uuid4().hex, plan=plan, image=image)
 
 

@@ -582,21 +582,33 @@ class JobStore:
 
     # --- workers ------------------------------------------------------------------
 
-    def announce_worker(self, name: str, slots: int, ttl: int = 30) -> None:
-        """A worker says it is up with ``slots`` tile processes; it must repeat within ``ttl``."""
+    def announce_worker(self, name: str, slots: int, ttl: int = 30, window_budget: int = 0) -> None:
+        """A worker says it is up with ``slots`` tile processes, each of which may spend
+        ``window_budget`` bytes on a window (0: unknown); it must repeat within ``ttl``."""
         pipe = self.redis.pipeline(transaction=True)
         pipe.zadd(WORKERS, {name: time.time() + ttl})
-        pipe.hset(WORKER_SLOTS, name, slots)
+        pipe.hset(WORKER_SLOTS, name, f"{slots} {window_budget}")
         pipe.execute()
 
-    def workers_up(self) -> dict[str, int]:
-        """Workers whose heartbeat has not expired, with their tile processes (one round trip)."""
+    def workers_up(self) -> dict[str, tuple[int, int]]:
+        """Workers whose heartbeat has not expired: name -> (tile processes, window budget
+        in bytes, 0 if unknown), in one round trip."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.zrangebyscore(WORKERS, time.time(), "+inf")
         pipe.hgetall(WORKER_SLOTS)
         names, slots = pipe.execute()
-        table = {k.decode(): int(v) for k, v in slots.items()}
-        return {n.decode(): table.get(n.decode(), 0) for n in names}
+        table: dict[str, tuple[int, int]] = {}
+        for key, value in slots.items():
+            count, _, budget = value.decode().partition(" ")
+            table[key.decode()] = (int(count), int(budget or 0))
+        return {n.decode(): table.get(n.decode(), (0, 0)) for n in names}
+
+    def capacity(self) -> tuple[int, int | None]:
+        """``(tile processes up, the smallest window budget among them)``, for planning a job;
+        the budget is ``None`` when no tile worker said one."""
+        up = [info for info in self.workers_up().values() if info[0] > 0]
+        budgets = [budget for _, budget in up if budget > 0]
+        return sum(slots for slots, _ in up), min(budgets) if budgets else None
 
     def report_engine(self, worker: str, model: str, description: str) -> None:
         """A worker process says which engine runs ``model`` (shown by ``GET /``)."""
@@ -614,7 +626,7 @@ class JobStore:
 
     def worker_slots(self) -> int:
         """Tile processes across the workers that announced themselves recently."""
-        return sum(self.workers_up().values())
+        return sum(slots for slots, _ in self.workers_up().values())
 
     def forget_dead_workers(self) -> None:
         """Drop the heartbeats that expired (the janitor's housekeeping; atomic, so a worker
