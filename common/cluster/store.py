@@ -50,6 +50,8 @@ import numpy as np
 import numpy.typing as npt
 import redis
 
+from common.cluster import lua
+
 PREFIX = "srcluster:job:"
 ACTIVE = "srcluster:active"
 WORKERS = "srcluster:workers"
@@ -73,106 +75,6 @@ class JobStatus(StrEnum):
 
 
 _UNFINISHED = (JobStatus.PENDING.value, JobStatus.PROCESSING.value)
-
-# KEYS[1] job hash, KEYS[2] active set; ARGV[1] new status, ARGV[2..] allowed current statuses.
-# Sets the extra fields given after a "--" marker. Returns 1 if changed, 0 otherwise.
-_TRANSITION = """
-local current = redis.call('HGET', KEYS[1], 'status')
-if not current then return 0 end
-local allowed = false
-local i = 2
-while ARGV[i] ~= '--' do
-  if ARGV[i] == current then allowed = true end
-  i = i + 1
-end
-if not allowed then return 0 end
-redis.call('HSET', KEYS[1], 'status', ARGV[1])
-i = i + 1
-while ARGV[i] do
-  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
-  i = i + 2
-end
-if ARGV[1] == 'success' or ARGV[1] == 'failed' or ARGV[1] == 'cancelled' then
-  redis.call('ZREM', KEYS[2], KEYS[1])
-end
-return 1
-"""
-
-
-# KEYS: job hash, deliveries hash, running hash, then one input strip per part.
-# ARGV: runner, ttl, now, max deliveries, n, then (part, first byte, last byte) per part.
-# Counts a delivery of every part and notes who runs it; marks the job processing;
-# returns {status, deadline, most deliveries, that part, window bytes...}; the
-# windows only when the job is unfinished, in time and no part is over its deliveries.
-_BEGIN_GROUP = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if status ~= 'pending' and status ~= 'processing' then return {status or '', '0', 0, -1} end
-local deadline = redis.call('HGET', KEYS[1], 'deadline')
-if tonumber(deadline) < tonumber(ARGV[3]) then return {status, deadline, 0, -1} end
-local ttl = tonumber(ARGV[2])
-local n = tonumber(ARGV[5])
-local most, worst = 0, -1
-for i = 1, n do
-  local part = ARGV[5 + 3 * i - 2]
-  local count = redis.call('HINCRBY', KEYS[2], part, 1)
-  if count > most then most, worst = count, tonumber(part) end
-  redis.call('HSET', KEYS[3], part, ARGV[1])
-end
-redis.call('EXPIRE', KEYS[2], ttl)
-redis.call('EXPIRE', KEYS[3], ttl)
-local reply = {status, deadline, most, worst}
-if most > tonumber(ARGV[4]) then return reply end
-if status == 'pending' then
-  redis.call('HSET', KEYS[1], 'status', 'processing', 'started', ARGV[3])
-end
-for i = 1, n do
-  reply[4 + i] = redis.call('GETRANGE', KEYS[3 + i], ARGV[5 + 3 * i - 1], ARGV[5 + 3 * i])
-end
-return reply
-"""
-
-# KEYS: job hash, done set, workers hash, then one output key per part.
-# ARGV: worker, ttl, now, n, then the n part numbers, then the n outputs.
-# Stores the outputs only while the job is unfinished (a tile finishing after a
-# cancel must not leave data behind) and notes when the last part landed.
-# Returns {parts done, 1 if this call landed the last part else 0}, or {-1, 0}.
-_RECORD_OUTPUTS = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if status ~= 'pending' and status ~= 'processing' then return {-1, 0} end
-local ttl = tonumber(ARGV[2])
-local n = tonumber(ARGV[4])
-for i = 1, n do
-  local part = ARGV[4 + i]
-  redis.call('SET', KEYS[3 + i], ARGV[4 + n + i], 'EX', ttl)
-  redis.call('SADD', KEYS[2], part)
-  redis.call('HSET', KEYS[3], part, ARGV[1])
-end
-redis.call('EXPIRE', KEYS[2], ttl)
-redis.call('EXPIRE', KEYS[3], ttl)
-local done = redis.call('SCARD', KEYS[2])
-local landed = 0
-if done >= tonumber(redis.call('HGET', KEYS[1], 'parts')) then
-  landed = redis.call('HSETNX', KEYS[1], 'landed', ARGV[3])
-end
-return {done, landed}
-"""
-
-
-# KEYS: workers sorted set, slots hash, engines hash; ARGV: now.
-_FORGET_DEAD = """
-local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-if #dead == 0 then return 0 end
-local gone = {}
-for _, name in ipairs(dead) do
-  redis.call('ZREM', KEYS[1], name)
-  redis.call('HDEL', KEYS[2], name)
-  gone[name] = true
-end
-for _, key in ipairs(redis.call('HKEYS', KEYS[3])) do
-  if gone[string.match(key, '^(%S+)')] then redis.call('HDEL', KEYS[3], key) end
-end
-return #dead
-"""
 
 
 @dataclass(frozen=True)
@@ -278,10 +180,10 @@ class JobStore:
         # Any: redis-py's annotations cannot tell that replies are bytes (decode_responses off)
         self.redis: Any = client
         self.ttl = ttl
-        self._transition = client.register_script(_TRANSITION)
-        self._begin_group = client.register_script(_BEGIN_GROUP)
-        self._forget_dead = client.register_script(_FORGET_DEAD)
-        self._record_outputs = client.register_script(_RECORD_OUTPUTS)
+        self._transition = client.register_script(lua.TRANSITION)
+        self._begin_group = client.register_script(lua.BEGIN_GROUP)
+        self._forget_dead = client.register_script(lua.FORGET_DEAD)
+        self._record_outputs = client.register_script(lua.RECORD_OUTPUTS)
 
     @classmethod
     def from_url(cls, url: str, ttl: int, connect_timeout: float | None = None) -> JobStore:
