@@ -25,39 +25,24 @@ MAX_GROUP = 64
 TIME_SHARE = 0.25
 """A group's estimated run time stays under this share of the task time limit."""
 
-CPU_SECONDS_PER_MEGAPIXEL = {
-    "realesr-animevideov3": 9.0,
-    "realesr-animevideov3-x2": 9.0,
-    "realesr-animevideov3-x3": 9.0,
-    "realesrgan-x4plus-anime": 100.0,
-    "realesrgan-x4plus": 330.0,
-}
-"""Seconds per inferred megapixel on a 2-core CPU with ONNX Runtime fp32, at small windows
-(the slow end: DESIGN section 5 measured compact 4.5-8.7 s/MP and x4plus 147-330 s/MP;
-x4plus-anime has 6 of x4plus's 23 blocks). A pessimistic bound for sizing groups, not a
-prediction: GPUs and larger windows are faster."""
-
-UNKNOWN_SECONDS_PER_MEGAPIXEL = 330.0
-"""A user model is assumed as slow as the slowest built-in one."""
-
 
 def group_size(
     parts: int,
     slots: int,
     window_pixels: int,
-    model: str,
+    seconds_per_megapixel: float,
     time_limit: float,
 ) -> int:
     """Parts per task for a job of ``parts`` parts with ``slots`` tile processes up.
 
-    ``window_pixels`` is one window's area (what one part infers) and
-    ``time_limit`` one task's time limit in seconds. Returns at least 1.
+    ``window_pixels`` is one window's area (what one part infers),
+    ``seconds_per_megapixel`` the model's pessimistic cost
+    (:attr:`common.models.ModelSpec.cpu_seconds_per_megapixel`) and ``time_limit``
+    one task's time limit in seconds. Returns at least 1.
     """
     if parts <= 0:
         return 1
     balanced = math.ceil(parts / (max(1, slots) * GROUPS_PER_SLOT))
-    per_part = (
-        window_pixels / 1e6 * CPU_SECONDS_PER_MEGAPIXEL.get(model, UNKNOWN_SECONDS_PER_MEGAPIXEL)
-    )
+    per_part = window_pixels / 1e6 * seconds_per_megapixel
     timed = math.floor(time_limit * TIME_SHARE / per_part) if per_part > 0 else MAX_GROUP
     return max(1, min(balanced, timed, MAX_GROUP))

@@ -84,6 +84,11 @@ class ModelSpec:
     bin_file: Path | None = None
     onnx_file: Path | None = None
     memory: tuple[tuple[str, WindowMemory], ...] = ()
+    cpu_seconds_per_megapixel: float = 330.0
+    """Seconds per inferred megapixel on a 2-core CPU, ORT fp32, small windows: a pessimistic
+    bound for sizing tile groups (:mod:`common.groups`), not a prediction. DESIGN section 5
+    measured compact 4.5-8.7 s/MP and x4plus 147-330 s/MP; x4plus-anime has 6 of x4plus's
+    23 blocks. A user model is assumed as slow as the slowest built-in one."""
 
     def window_memory(self, engine: str) -> WindowMemory | None:
         """Peak memory of one window on ``engine`` (an engine key), or ``None`` if not known."""
@@ -151,6 +156,7 @@ class _Builtin:
     max_tile: int
     description: str
     memory: tuple[tuple[str, WindowMemory], ...]
+    cpu_seconds_per_megapixel: float
 
 
 # -- default pads, from measured quality-versus-context curves ----------------------
@@ -203,6 +209,7 @@ _BUILTINS: dict[str, _Builtin] = {
         max_tile=256,
         description="Real-ESRGAN x4plus: general photos (RRDBNet, 23 blocks)",
         memory=_with_cuda(_RRDB_ORT_CPU, _X4PLUS_OPENVINO_CPU),
+        cpu_seconds_per_megapixel=330.0,
     ),
     "realesrgan-x4plus-anime": _Builtin(
         stem="REALESRGAN_X4PLUSANIME_UP4X",
@@ -211,6 +218,7 @@ _BUILTINS: dict[str, _Builtin] = {
         max_tile=256,
         description="Real-ESRGAN x4plus anime: illustrations (6 blocks)",
         memory=_with_cuda(_RRDB_ORT_CPU, _X4PLUS_ANIME_OPENVINO_CPU),
+        cpu_seconds_per_megapixel=100.0,
     ),
     **{
         name: _Builtin(
@@ -220,6 +228,7 @@ _BUILTINS: dict[str, _Builtin] = {
             max_tile=512,
             description=f"Real-ESRGAN anime video v3 x{scale}: small and fast",
             memory=_with_cuda(_COMPACT_ORT_CPU, _COMPACT_OPENVINO_CPU),
+            cpu_seconds_per_megapixel=9.0,
         )
         for name, scale in (
             ("realesr-animevideov3", 4),
@@ -287,6 +296,7 @@ class Registry:
                 param_file=folder / f"{builtin.stem}.param",
                 bin_file=folder / f"{builtin.stem}.bin",
                 memory=builtin.memory,
+                cpu_seconds_per_megapixel=builtin.cpu_seconds_per_megapixel,
             )
         entry = self._read_user_models().get(name)
         if entry is None:

@@ -206,7 +206,7 @@ def make_plan(
             plan.part_count,
             workers,
             tiles.window_width * tiles.window_height,
-            spec.name,
+            spec.cpu_seconds_per_megapixel,
             settings.tile_time_limit,
         )
     return dataclasses.replace(plan, group=group)

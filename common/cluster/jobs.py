@@ -53,8 +53,9 @@ from common.settings import Settings
 
 log = logging.getLogger(__name__)
 
-STITCH_CHUNK = 16
-"""Output cores fetched from Redis at a time while stitching (bounds the stitch's memory)."""
+STITCH_BYTES = 64 * 1024 * 1024
+"""Output cores fetched from Redis at a time while stitching, in bytes (at least one core):
+bounds the stitch's memory above its canvas, whether cores are 50 KB or 25 MB."""
 
 
 @dataclass
@@ -71,7 +72,8 @@ class Prepared:
         width = tiles.window_width
         for p, extended in enumerate(plane_inputs(self.image.pixels, self.plan)):
             for c, origin in enumerate(self.plan.column_origins):
-                yield p, c, np.ascontiguousarray(extended[:, origin : origin + width]).tobytes()
+                # tobytes() copies a strided view in C order: one copy, not two
+                yield p, c, extended[:, origin : origin + width].tobytes()
 
     def extras(self) -> dict[str, bytes]:
         extras: dict[str, bytes] = {}
@@ -103,9 +105,15 @@ def prepare(
     check_bytes(data, settings)
     spec = registry.get(params.model)
     image = decode(data, settings.max_pixels)
-    # the CPU engine with the largest windows in memory: safe whichever engine a worker runs
     plan = make_plan(
-        image, params, spec, settings, workers=max(1, workers), window_budget=window_budget
+        image,
+        params,
+        spec,
+        settings,
+        workers=max(1, workers),
+        # the CPU engine whose windows take the most memory: safe whichever one a worker runs
+        engine="ort-cpu",
+        window_budget=window_budget,
     )
     return Prepared(job_id=uuid.uuid4().hex, plan=plan, image=image)
 
@@ -258,13 +266,14 @@ _reported: set[tuple[str, str]] = set()
 def _report_once(store: JobStore, worker: str, model: str, engine: Engine) -> None:
     """Tell the store (once per process and model) which engine this worker runs."""
     if (worker, model) not in _reported:
-        log.info("worker %s runs %s with %s", worker, model, engine.describe())
-        store.report_engine(worker, model, engine.describe())
+        described = engine.describe()
+        log.info("worker %s runs %s with %s", worker, model, described)
+        store.report_engine(worker, model, described)
         _reported.add((worker, model))
 
 
 class TilesPending(Exception):
-    """The stitch ran before every part was done (a redelivered tile fired the chord early)."""
+    """The stitch ran before every part was done (a stitch sent twice, or by hand, came early)."""
 
 
 def stitch(store: JobStore, settings: Settings, job_id: str) -> bool:
@@ -287,8 +296,10 @@ def stitch(store: JobStore, settings: Settings, job_id: str) -> bool:
     for p, plane in enumerate(plan.planes):
         channels = plan.plane_channels(plane)
         canvas = tiling.Canvas(tiles, plan.model_scale, channels, plan.numpy_dtype)
-        for start in range(0, len(tiles), STITCH_CHUNK):
-            group = tiles.tiles[start : start + STITCH_CHUNK]
+        largest = max(t.width * t.height for t in tiles.tiles) * plan.model_scale**2
+        chunk = max(1, STITCH_BYTES // (largest * channels * plan.numpy_dtype.itemsize))
+        for start in range(0, len(tiles), chunk):
+            group = tiles.tiles[start : start + chunk]
             parts = [plan.part(p, t) for t in group]
             for tile, part, data in zip(
                 group, parts, store.read_outputs(job_id, parts), strict=True
@@ -323,11 +334,10 @@ def stitch(store: JobStore, settings: Settings, job_id: str) -> bool:
 def unstitched(store: JobStore, grace: float, now: float | None = None) -> list[str]:
     """Ids of unfinished jobs whose tiles all landed over ``grace`` seconds ago, unstitched.
 
-    Celery's chord fires the stitch from its own bookkeeping in the result backend;
-    a Redis restart or a result that could not be stored leaves it unable to fire
-    (``ChordError``) though every tile is done. The janitor sends those jobs a
-    stitch again (stitching twice is harmless: ``success`` is final), and records
-    when, so it asks once per ``grace``.
+    The task that lands the last part sends the stitch; if it died first, or the
+    message was lost, every tile is done and no stitch comes. The janitor sends
+    those jobs a stitch again (stitching twice is harmless: ``success`` is
+    final), and records when, so it asks once per ``grace``.
     """
     now = time.time() if now is None else now
     ids = store.unfinished()

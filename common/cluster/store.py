@@ -74,9 +74,6 @@ class JobStatus(StrEnum):
         return self in (JobStatus.SUCCESS, JobStatus.FAILED, JobStatus.CANCELLED)
 
 
-_UNFINISHED = (JobStatus.PENDING.value, JobStatus.PROCESSING.value)
-
-
 @dataclass(frozen=True)
 class WindowRead:
     """Where a part's input window lies: bytes ``[first, last]`` of a plane's column strip."""
