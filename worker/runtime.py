@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 # outside a worker (a test importing the tasks) one process has all the cores
 _settings = dataclasses.replace(configured, threads=configured.session_threads())
 _pool_processes = 1
+_takes_stitches = True
 _store: JobStore | None = None
 plans = jobs.PlanCache()
 """This process's parsed plans (each job's plan is read and parsed once per process)."""
@@ -50,6 +51,19 @@ def store() -> JobStore:
     return _store
 
 
+def takes_stitches() -> bool:
+    """Whether this worker consumes the stitch queue (so it stitches a job its task completes)."""
+    return _takes_stitches
+
+
+def _queues(sender: Any, default: str) -> set[str]:
+    """The queues the worker consumes (``-Q``), known before the pool forks."""
+    try:
+        return {q.name for q in sender.app.amqp.queues.consume_from.values()}
+    except Exception:  # older Celery: assume it takes ``default``
+        return {default}
+
+
 def _pool_size(sender: Any) -> int:
     concurrency = getattr(sender, "concurrency", 1)
     return concurrency if isinstance(concurrency, int) and concurrency > 0 else 1
@@ -58,8 +72,9 @@ def _pool_size(sender: Any) -> int:
 @signals.worker_init.connect
 def _resolve_threads(sender: Any = None, **_: Any) -> None:
     # runs in the main process before the pool forks: every child inherits the result
-    global _settings, _pool_processes
+    global _settings, _pool_processes, _takes_stitches
     _pool_processes = _pool_size(sender)
+    _takes_stitches = configured.stitch_queue in _queues(sender, default=configured.stitch_queue)
     _settings = dataclasses.replace(configured, threads=configured.session_threads(_pool_processes))
 
 
@@ -73,12 +88,7 @@ def _fresh_process(**_: Any) -> None:
 def _start_janitor(sender: Any = None, **_: Any) -> None:
     name = getattr(sender, "hostname", None) or "worker"
     slots = _pool_processes
-    consumes_tiles = True
-    try:
-        queues = {q.name for q in sender.app.amqp.queues.consume_from.values()}
-        consumes_tiles = configured.tile_queue in queues
-    except Exception:  # older Celery: assume it takes tiles
-        pass
+    consumes_tiles = configured.tile_queue in _queues(sender, default=configured.tile_queue)
     s = settings()  # never logged whole: it holds the Redis password and the tokens
     log.info(
         "srcluster worker %s: %d tile process(es), %d inference thread(s) each, engine %s, "

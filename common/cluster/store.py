@@ -41,7 +41,7 @@ import io
 import json
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -332,11 +332,30 @@ class JobStore:
             self.drop_tiles(job_id)
         return changed
 
-    def succeed(self, job_id: str, result: bytes, output: Mapping[str, Any]) -> bool:
-        """Store the final image and end the job ``success`` (counting the stitch); a second call changes nothing."""
+    def succeed(
+        self,
+        job_id: str,
+        result: bytes,
+        output: Mapping[str, Any],
+        *,
+        done: Sequence[int] = (),
+        worker: str = "",
+    ) -> bool:
+        """Store the final image and end the job ``success`` (counting the stitch); a second call changes nothing.
+
+        ``done`` are parts never recorded (a job of one group, stitched where it
+        ran): they are marked done by ``worker`` with the result.
+        """
         if self.status(job_id) not in (JobStatus.PENDING, JobStatus.PROCESSING):
             return False
-        self.redis.set(self.key(job_id, "result"), result, ex=self.ttl)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.set(self.key(job_id, "result"), result, ex=self.ttl)
+        if done:
+            pipe.sadd(self.key(job_id, "done"), *done)
+            pipe.hset(self.key(job_id, "workers"), mapping=dict.fromkeys(done, worker))
+            pipe.expire(self.key(job_id, "done"), self.ttl)
+            pipe.expire(self.key(job_id, "workers"), self.ttl)
+        pipe.execute()
         changed = self.transition(
             job_id,
             JobStatus.SUCCESS,
