@@ -230,7 +230,9 @@ def run_group(
     windows = [np.frombuffer(data, plan.numpy_dtype).reshape(shape) for data in start.windows]
     batch = windows_per_run(shape, engine.provider)
     outputs = []
+    seconds: list[float] = []
     for first in range(0, len(reads), batch):
+        began = time.perf_counter()
         results = infer_windows(engine, windows[first : first + batch])
         for read, output in zip(reads[first : first + batch], results, strict=True):
             plane, tile = plan.locate(read.part)
@@ -239,7 +241,10 @@ def run_group(
                 tiles, tile, output, plan.model_scale, channels, plan.numpy_dtype
             )
             outputs.append((read.part, core.tobytes()))  # C order, whatever core's strides
-    _, landed = store.record_outputs(job_id, outputs, worker)
+        # the windows of one engine call finish together: each is charged an equal share
+        ran = len(results)
+        seconds += [(time.perf_counter() - began) / ran] * ran
+    _, landed = store.record_outputs(job_id, outputs, worker, model=plan.model, seconds=seconds)
     return landed
 
 
