@@ -8,9 +8,7 @@ the queue is empty once one has.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import re
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -36,12 +34,12 @@ from common.cluster.store import JobStatus, JobStore
 from common.imageio import encode
 from common.settings import Settings
 from srcluster.client import Client
-from tests.cluster import ROOT, ApiServer, WorkerProcess, wait_for
+from tests.cluster import ApiServer, WorkerProcess, wait_for
+from tests.test_deploy import dashboard_metric_names
 from tests.tokens import ALICE
 
 pytestmark = pytest.mark.cluster
 COMPACT = "realesr-animevideov3"
-DASHBOARD = ROOT / "deploy" / "grafana" / "srcluster.json"
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -307,15 +305,3 @@ def test_a_message_sent_with_a_priority_is_counted(
     finally:
         store.redis.delete(*broker_lists(queue))
         app.close()
-
-
-# --- the Grafana dashboard ------------------------------------------------------------------
-
-METRIC = re.compile(r"\bsrcluster_[a-z_]+\b")
-
-
-def dashboard_metric_names() -> set[str]:
-    """Every ``srcluster_*`` series the Grafana dashboard's queries name."""
-    dashboard = json.loads(DASHBOARD.read_text())
-    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel.get("targets", [])]
-    return {name for expr in exprs for name in METRIC.findall(expr)}
