@@ -66,6 +66,22 @@ def document(version: str, settings: Settings) -> dict[str, Any]:
                     },
                 }
             },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics: jobs, tiles, latencies, queue depths, workers",
+                    "operationId": "metrics",
+                    "description": "Prometheus text format, read from Redis on each scrape; "
+                    "README, section Metrics, lists the names.",
+                    "responses": {
+                        "200": {
+                            "description": "Prometheus text exposition format",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        },
+                        "401": _UNAUTHORIZED,
+                        "503": _UNAVAILABLE,
+                    },
+                }
+            },
             "/": {
                 "get": {
                     "summary": "Service information: version, models and worker processes",

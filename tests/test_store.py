@@ -52,17 +52,19 @@ def test_a_job_lives_and_ends_once(store: JobStore) -> None:
         and store.redis.ttl(store.key(job_id, "in", 0, 0)) > 0
     )
     store.start(job_id)
-    assert store.record_outputs(job_id, [(0, b"out")], "w1") == (1, False)
-    assert store.record_outputs(job_id, [(0, b"out")], "w2") == (1, False), (
-        "a redelivered tile counts once"
-    )
+    assert store.record_outputs(job_id, [(0, b"out")], "w1", model="m", seconds=[0.1]) == (1, False)
+    assert store.record_outputs(job_id, [(0, b"out")], "w2", model="m", seconds=[0.1]) == (
+        1,
+        False,
+    ), "a redelivered tile counts once"
     assert store.succeed(job_id, b"image", {"size": 5})
     assert not store.succeed(job_id, b"other", {"size": 5}), "success is final"
     assert not store.fail(job_id, "x", "late failure")
     assert not store.cancel(job_id)
-    assert store.record_outputs(job_id, [(2, b"late")], "w1") == (-1, False), (
-        "a late tile stores nothing"
-    )
+    assert store.record_outputs(job_id, [(2, b"late")], "w1", model="m", seconds=[0.1]) == (
+        -1,
+        False,
+    ), "a late tile stores nothing"
     assert store.redis.get(store.key(job_id, "out", 2)) is None
     record = store.get(job_id)
     assert (

@@ -237,7 +237,9 @@ def run_group(
     windows = [np.frombuffer(data, plan.numpy_dtype).reshape(shape) for data in start.windows]
     batch = windows_per_run(shape, engine.provider)
     outputs = []
+    seconds: list[float] = []
     for first in range(0, len(reads), batch):
+        began = time.perf_counter()
         results = infer_windows(engine, windows[first : first + batch])
         for read, output in zip(reads[first : first + batch], results, strict=True):
             plane, tile = plan.locate(read.part)
@@ -246,11 +248,14 @@ def run_group(
                 tiles, tile, output, plan.model_scale, channels, plan.numpy_dtype
             )
             outputs.append((read.part, core.tobytes()))  # C order, whatever core's strides
-    if stitch_here and len(outputs) == plan.part_count:
-        stitch(store, settings, job_id, known=dict(outputs), worker=worker)
-        return False
-    _, landed = store.record_outputs(job_id, outputs, worker)
-    if landed and stitch_here:
+        # the windows of one engine call finish together: each is charged an equal share
+        ran = len(results)
+        seconds += [(time.perf_counter() - began) / ran] * ran
+    whole_job = stitch_here and len(outputs) == plan.part_count
+    _, landed = store.record_outputs(
+        job_id, outputs, worker, model=plan.model, seconds=seconds, keep=not whole_job
+    )
+    if whole_job or (landed and stitch_here):
         stitch(store, settings, job_id, known=dict(outputs))
         return False
     return landed
@@ -295,13 +300,11 @@ def stitch(
     job_id: str,
     *,
     known: Mapping[int, bytes] | None = None,
-    worker: str | None = None,
 ) -> bool:
     """Assemble, post-process and encode a job's result; returns whether this call ended the job.
 
     ``known`` holds cores already in memory (by part), read from the store only
-    when absent. With ``worker``, ``known`` is every part of the job, never
-    recorded: the success marks them done by ``worker`` as it ends the job.
+    when absent (a job of one group, stitched where it ran, stores none).
 
     Raises:
         TilesPending: some parts are not done yet; try again shortly.
@@ -313,7 +316,7 @@ def stitch(
     if time.time() > record.deadline:
         store.fail(job_id, "timeout", "the job ran past its timeout")
         return False
-    if record.done < record.parts and len(known) < record.parts:
+    if record.done < record.parts:
         raise TilesPending(f"{record.done} of {record.parts} tiles done")
     plan = JobPlan.from_dict(record.plan)
     tiles = plan.tiles
@@ -353,8 +356,7 @@ def stitch(
         "format": plan.format,
         "content_type": content_type(plan.format),
     }
-    unrecorded = list(known) if worker is not None else []
-    return store.succeed(job_id, encoded, output, done=unrecorded, worker=worker or "")
+    return store.succeed(job_id, encoded, output)
 
 
 def unstitched(store: JobStore, grace: float, now: float | None = None) -> list[str]:

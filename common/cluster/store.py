@@ -23,6 +23,7 @@ every one with the result TTL::
     srcluster:workers        sorted set of worker names, scored by when their heartbeat expires
     srcluster:worker-slots   hash worker name -> its tile processes
     srcluster:worker-engines hash "worker pid model" -> what runs it (``Engine.describe()``)
+    srcluster:stats          hash of counters and latency buckets, no TTL (:mod:`common.cluster.stats`)
 
 Arrays travel as raw bytes or ``.npy`` (dtype, shape, data; never pickles), not
 PNG: encoding every tile would cost more than a compact-model tile's inference.
@@ -50,7 +51,9 @@ import numpy as np
 import numpy.typing as npt
 import redis
 
-from common.cluster import lua
+from common.cluster import lua, stats
+from common.cluster.protocol import BROKER_UNACKED, broker_lists
+from common.cluster.stats import STATS
 
 PREFIX = "srcluster:job:"
 ACTIVE = "srcluster:active"
@@ -244,6 +247,7 @@ class JobStore:
         pipe.hset(self.key(job_id), mapping=record)
         pipe.expire(self.key(job_id), self.ttl)
         pipe.zadd(ACTIVE, {self.key(job_id): now + timeout})
+        pipe.hincrby(STATS, f"jobs:{JobStatus.PENDING.value}", 1)
         pipe.execute()
 
     def get(self, job_id: str) -> JobRecord | None:
@@ -300,7 +304,7 @@ class JobStore:
         args: list[str | float | int] = [to.value, *(s.value for s in allowed), "--"]
         for name, value in fields.items():
             args += [name, value]
-        return bool(self._transition(keys=[self.key(job_id), ACTIVE], args=args))
+        return bool(self._transition(keys=[self.key(job_id), ACTIVE, STATS], args=args))
 
     def start(self, job_id: str) -> None:
         """Mark a pending job ``processing`` (the first tile has begun)."""
@@ -332,39 +336,30 @@ class JobStore:
             self.drop_tiles(job_id)
         return changed
 
-    def succeed(
-        self,
-        job_id: str,
-        result: bytes,
-        output: Mapping[str, Any],
-        *,
-        done: Sequence[int] = (),
-        worker: str = "",
-    ) -> bool:
-        """Store the final image and end the job ``success`` (counting the stitch); a second call changes nothing.
-
-        ``done`` are parts never recorded (a job of one group, stitched where it
-        ran): they are marked done by ``worker`` with the result.
-        """
-        if self.status(job_id) not in (JobStatus.PENDING, JobStatus.PROCESSING):
+    def succeed(self, job_id: str, result: bytes, output: Mapping[str, Any]) -> bool:
+        """Store the final image and end the job ``success`` (counting the stitch, and its
+        time since submission in the job latency histogram); a second call changes nothing."""
+        status, created, params = self.redis.hmget(self.key(job_id), "status", "created", "params")
+        if status is None or JobStatus(status.decode()).finished:
             return False
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.set(self.key(job_id, "result"), result, ex=self.ttl)
-        if done:
-            pipe.sadd(self.key(job_id, "done"), *done)
-            pipe.hset(self.key(job_id, "workers"), mapping=dict.fromkeys(done, worker))
-            pipe.expire(self.key(job_id, "done"), self.ttl)
-            pipe.expire(self.key(job_id, "workers"), self.ttl)
-        pipe.execute()
+        self.redis.set(self.key(job_id, "result"), result, ex=self.ttl)
+        now = time.time()
         changed = self.transition(
             job_id,
             JobStatus.SUCCESS,
             [JobStatus.PENDING, JobStatus.PROCESSING],
             output=json.dumps(dict(output)),
-            finished=time.time(),
+            finished=now,
         )
         if changed:
-            self.redis.hincrby(self.key(job_id), "stitches", 1)
+            model = str(json.loads(params).get("model", ""))
+            seconds = max(0.0, now - float(created))
+            kind = stats.JOB_SECONDS
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.hincrby(self.key(job_id), "stitches", 1)
+            pipe.hincrby(STATS, stats.bucket_field(kind, model, seconds, stats.JOB_BUCKETS), 1)
+            pipe.hincrbyfloat(STATS, stats.sum_field(kind, model), seconds)
+            pipe.execute()
             self.drop_tiles(job_id)
         else:
             # cancelled between the check and the transition: the result must not outlive it
@@ -411,7 +406,12 @@ class JobStore:
         ``runner`` (``host:pid``) as running them, mark the job ``processing`` and
         read their input windows (see :class:`GroupStart` for when it does not).
         """
-        keys = [self.key(job_id), self.key(job_id, "deliveries"), self.key(job_id, "running")]
+        keys = [
+            self.key(job_id),
+            self.key(job_id, "deliveries"),
+            self.key(job_id, "running"),
+            STATS,
+        ]
         keys += [self.key(job_id, "in", r.plane, r.column) for r in reads]
         args: list[str | int | float] = [runner, self.ttl, time.time(), max_deliveries, len(reads)]
         for r in reads:
@@ -422,18 +422,39 @@ class JobStore:
         return GroupStart(status, float(reply[1]), int(reply[2]), int(reply[3]), windows)
 
     def record_outputs(
-        self, job_id: str, outputs: list[tuple[int, bytes]], worker: str
+        self,
+        job_id: str,
+        outputs: list[tuple[int, bytes]],
+        worker: str,
+        *,
+        model: str,
+        seconds: Sequence[float],
+        keep: bool = True,
     ) -> tuple[int, bool]:
-        """Store parts' output cores, mark them done, note the worker, atomically.
+        """Store parts' output cores, mark them done, note the worker, atomically; a part
+        done for the first time is counted in ``model``'s tiles, and its ``seconds`` (one
+        per output) in the tile latency histogram.
+
+        Without ``keep`` the cores are not stored (the caller holds every part of
+        the job and stitches them itself) and the job is never marked landed, so no
+        one else stitches it without them.
 
         Returns ``(parts done so far, whether this call landed the job's last part)``;
         ``(-1, False)``, with nothing stored, if the job has ended.
+
+        Raises:
+            ValueError: ``seconds`` and ``outputs`` differ in length (nothing is stored).
         """
-        keys = [self.key(job_id), self.key(job_id, "done"), self.key(job_id, "workers")]
+        if len(seconds) != len(outputs):
+            raise ValueError(f"{len(seconds)} timings for {len(outputs)} outputs")
+        keys = [self.key(job_id), self.key(job_id, "done"), self.key(job_id, "workers"), STATS]
         keys += [self.key(job_id, "out", part) for part, _ in outputs]
         args: list[str | int | float | bytes] = [worker, self.ttl, time.time(), len(outputs)]
+        args += [model]
         args += [part for part, _ in outputs]
-        args += [data for _, data in outputs]
+        args += [data if keep else b"" for _, data in outputs]
+        args += [stats.bucket_of(s, stats.TILE_BUCKETS) for s in seconds]
+        args += [repr(float(s)) for s in seconds]
         done, landed = self._record_outputs(keys=keys, args=args)
         return int(done), bool(landed)
 
@@ -550,3 +571,56 @@ class JobStore:
         """Drop the heartbeats that expired (the janitor's housekeeping; atomic, so a worker
         announcing itself meanwhile is never forgotten)."""
         self._forget_dead(keys=[WORKERS, WORKER_SLOTS, WORKER_ENGINES], args=[time.time()])
+
+    # --- metrics ------------------------------------------------------------------
+
+    def metrics(self, queues: Sequence[str]) -> stats.Snapshot:
+        """What ``GET /metrics`` reports, with the broker depth of each of ``queues``
+        (Celery queue names), in two round trips: one for the counters, the broker and
+        the workers, one for the status of each unfinished job."""
+        now = time.time()
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(STATS)
+        pipe.zrange(ACTIVE, 0, -1)
+        pipe.zrangebyscore(WORKERS, now, "+inf")
+        pipe.hgetall(WORKER_SLOTS)
+        pipe.hgetall(WORKER_ENGINES)
+        pipe.hlen(BROKER_UNACKED)
+        lists = {queue: broker_lists(queue) for queue in dict.fromkeys(queues)}
+        for keys in lists.values():
+            for key in keys:
+                pipe.llen(key)
+        raw, active, names, slots, engines, unacked, *lengths = pipe.execute()
+        pipe = self.redis.pipeline(transaction=False)
+        for key in active:
+            pipe.hget(key, "status")
+        unfinished = {JobStatus.PENDING.value: 0, JobStatus.PROCESSING.value: 0}
+        for status in pipe.execute() if active else []:
+            if status is not None and status.decode() in unfinished:
+                unfinished[status.decode()] += 1
+        depth: dict[str, int] = {}
+        at = 0
+        for queue, keys in lists.items():
+            depth[queue] = sum(lengths[at : at + len(keys)])
+            at += len(keys)
+        up = [n.decode() for n in names]
+        processes = {k.decode(): int(v.decode().partition(" ")[0]) for k, v in slots.items()}
+        described = set()
+        for key, value in engines.items():
+            worker, _, rest = key.decode().partition(" ")
+            if worker in up:
+                described.add((worker, rest.partition(" ")[2], value.decode()))
+        jobs, tiles, tile_seconds, job_seconds = stats.parse(
+            {k.decode(): v.decode() for k, v in raw.items()}, [s.value for s in JobStatus]
+        )
+        return stats.Snapshot(
+            jobs_entered=jobs,
+            jobs_unfinished=unfinished,
+            tiles=tiles,
+            tile_seconds=tile_seconds,
+            job_seconds=job_seconds,
+            queues=depth,
+            unacked=int(unacked),
+            workers={name: processes.get(name, 0) for name in up},
+            engines=sorted(described),
+        )
