@@ -140,9 +140,9 @@ def submit() -> Response:
     )
     timeout = _timeout(form.get("timeout"))
     data = _upload()
-    slots, window_budget = svc.store.capacity()
+    capacity = svc.store.capacity()
     prepared = jobs.prepare(
-        data, params, svc.settings, svc.registry, workers=slots, window_budget=window_budget
+        data, params, svc.settings, svc.registry, workers=capacity.slots, limits=capacity.limits
     )
     del data
     jobs.submit(

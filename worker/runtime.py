@@ -23,6 +23,9 @@ from common import memory
 from common.cluster import jobs
 from common.cluster.protocol import STITCH_TASK
 from common.cluster.store import JobStore
+from common.engines import select
+from common.engines.host import detect_host
+from common.errors import ConfigError
 from common.settings import Settings
 from worker.app import app
 from worker.app import settings as configured
@@ -118,10 +121,15 @@ def _janitor(name: str, slots: int) -> None:
     s = settings()
     janitor_store = JobStore.from_url(s.redis_url, s.result_ttl)
     window_budget = memory.inference_budget(processes=max(1, _pool_processes))
+    memory_key = _memory_key(s)
     while True:
         try:
             janitor_store.announce_worker(
-                name, slots, ttl=3 * s.janitor_interval, window_budget=window_budget
+                name,
+                slots,
+                ttl=3 * s.janitor_interval,
+                window_budget=window_budget,
+                memory_key=memory_key,
             )
             for job_id in jobs.reap(janitor_store):
                 log.warning("job %s ended failed: past its timeout", job_id)
@@ -132,3 +140,15 @@ def _janitor(name: str, slots: int) -> None:
         except Exception:  # Redis restarting: try again next round
             log.warning("janitor round failed", exc_info=True)
         time.sleep(s.janitor_interval)
+
+
+def _memory_key(s: Settings) -> str:
+    """The memory key of the engine this worker's settings pick here (announced for planning).
+
+    An automatic pick that fails its quality probe serves with ORT fp32 instead,
+    whose windows take more memory; the budget's headroom covers that case.
+    """
+    try:
+        return select.choose(s, detect_host()).memory_key
+    except ConfigError:  # the worker will refuse its tiles with this error; plan as for ORT
+        return "ort-cpu"

@@ -26,7 +26,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +37,7 @@ from common.cluster.store import JobStatus, JobStore, WindowRead, pack_array, un
 from common.engines import Engine, get_engine
 from common.groups import MAX_GROUP
 from common.imageio import Image, content_type, decode
+from common.memory import ENGINE_KEYS
 from common.models import Registry
 from common.params import UpscaleParams
 from common.pipeline import (
@@ -87,16 +88,25 @@ class Prepared:
         return extras
 
 
+_UNKNOWN_LIMITS: tuple[tuple[str, int | None], ...] = (("ort-cpu", None),)
+"""No worker said its limits: plan ONNX Runtime windows within this host's memory."""
+
+
 def prepare(
     data: bytes,
     params: UpscaleParams,
     settings: Settings,
     registry: Registry,
     workers: int = 1,
-    window_budget: int | None = None,
+    limits: Sequence[tuple[str, int]] = (),
 ) -> Prepared:
-    """Validate and plan one upload for ``workers`` tile processes whose smallest window
-    budget is ``window_budget`` bytes (``None``: this host's); nothing is stored yet.
+    """Validate and plan one upload for ``workers`` tile processes; nothing is stored yet.
+
+    ``limits`` are the workers' ``(memory key, window budget in bytes)`` pairs
+    (:meth:`~common.cluster.store.JobStore.capacity`): the windows are the
+    smallest any of them needs, so every worker up can run every window. With
+    none known, windows are planned for ONNX Runtime on this host's memory (the
+    CPU engine whose windows take the most memory).
 
     Raises:
         ImageTooLarge, UnsupportedImage: the bytes are too many or not a usable image.
@@ -105,16 +115,19 @@ def prepare(
     check_bytes(data, settings)
     spec = registry.get(params.model)
     image = decode(data, settings.max_pixels)
-    plan = make_plan(
-        image,
-        params,
-        spec,
-        settings,
-        workers=max(1, workers),
-        # the CPU engine whose windows take the most memory: safe whichever one a worker runs
-        engine="ort-cpu",
-        window_budget=window_budget,
-    )
+    plans = [
+        make_plan(
+            image,
+            params,
+            spec,
+            settings,
+            workers=max(1, workers),
+            engine=key if key in ENGINE_KEYS else "ort-cpu",
+            window_budget=budget,
+        )
+        for key, budget in (limits or _UNKNOWN_LIMITS)
+    ]
+    plan = min(plans, key=lambda p: p.tiles.window_width * p.tiles.window_height)
     return Prepared(job_id=uuid.uuid4().hex, plan=plan, image=image)
 
 

@@ -45,7 +45,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -121,6 +121,22 @@ def unpack_array(data: bytes) -> npt.NDArray[Any]:
     """Inverse of :func:`pack_array`; refuses pickled objects."""
     array: npt.NDArray[Any] = np.load(io.BytesIO(data), allow_pickle=False)
     return array
+
+
+class WorkerInfo(NamedTuple):
+    """What a worker announced: tile processes, window budget per process in bytes (0:
+    unknown) and the memory key of its engine (empty: unknown)."""
+
+    slots: int
+    window_budget: int
+    memory_key: str
+
+
+class Capacity(NamedTuple):
+    """The tile processes up, and each distinct ``(memory key, window budget)`` among them."""
+
+    slots: int
+    limits: tuple[tuple[str, int], ...]
 
 
 @dataclass
@@ -521,33 +537,34 @@ class JobStore:
 
     # --- workers ------------------------------------------------------------------
 
-    def announce_worker(self, name: str, slots: int, ttl: int = 30, window_budget: int = 0) -> None:
+    def announce_worker(
+        self, name: str, slots: int, ttl: int = 30, window_budget: int = 0, memory_key: str = ""
+    ) -> None:
         """A worker says it is up with ``slots`` tile processes, each of which may spend
-        ``window_budget`` bytes on a window (0: unknown); it must repeat within ``ttl``."""
+        ``window_budget`` bytes on a window (0: unknown) of the engine ``memory_key`` names
+        (a :mod:`common.memory` key; empty: unknown); it must repeat within ``ttl``."""
         pipe = self.redis.pipeline(transaction=True)
         pipe.zadd(WORKERS, {name: time.time() + ttl})
-        pipe.hset(WORKER_SLOTS, name, f"{slots} {window_budget}")
+        pipe.hset(WORKER_SLOTS, name, f"{slots} {window_budget} {memory_key}".rstrip())
         pipe.execute()
 
-    def workers_up(self) -> dict[str, tuple[int, int]]:
-        """Workers whose heartbeat has not expired: name -> (tile processes, window budget
-        in bytes, 0 if unknown), in one round trip."""
+    def workers_up(self) -> dict[str, WorkerInfo]:
+        """Workers whose heartbeat has not expired, by name, in one round trip."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.zrangebyscore(WORKERS, time.time(), "+inf")
         pipe.hgetall(WORKER_SLOTS)
         names, slots = pipe.execute()
-        table: dict[str, tuple[int, int]] = {}
+        table: dict[str, WorkerInfo] = {}
         for key, value in slots.items():
-            count, _, budget = value.decode().partition(" ")
-            table[key.decode()] = (int(count), int(budget or 0))
-        return {n.decode(): table.get(n.decode(), (0, 0)) for n in names}
+            count, budget, memory_key = (value.decode().split(" ") + ["", ""])[:3]
+            table[key.decode()] = WorkerInfo(int(count), int(budget or 0), memory_key)
+        return {n.decode(): table.get(n.decode(), WorkerInfo(0, 0, "")) for n in names}
 
-    def capacity(self) -> tuple[int, int | None]:
-        """``(tile processes up, the smallest window budget among them)``, for planning a job;
-        the budget is ``None`` when no tile worker said one."""
-        up = [info for info in self.workers_up().values() if info[0] > 0]
-        budgets = [budget for _, budget in up if budget > 0]
-        return sum(slots for slots, _ in up), min(budgets) if budgets else None
+    def capacity(self) -> Capacity:
+        """What a job is planned for: the tile processes up and each distinct window limit."""
+        up = [info for info in self.workers_up().values() if info.slots > 0]
+        limits = {(info.memory_key, info.window_budget) for info in up if info.window_budget > 0}
+        return Capacity(sum(info.slots for info in up), tuple(sorted(limits)))
 
     def report_engine(self, worker: str, model: str, description: str) -> None:
         """A worker process says which engine runs ``model`` (shown by ``GET /``)."""
@@ -565,7 +582,7 @@ class JobStore:
 
     def worker_slots(self) -> int:
         """Tile processes across the workers that announced themselves recently."""
-        return sum(slots for slots, _ in self.workers_up().values())
+        return sum(info.slots for info in self.workers_up().values())
 
     def forget_dead_workers(self) -> None:
         """Drop the heartbeats that expired (the janitor's housekeeping; atomic, so a worker
