@@ -12,6 +12,7 @@ Screenshots go to ``$SRCLUSTER_SCREENSHOTS`` when set (else a temporary folder).
 
 from __future__ import annotations
 
+import base64
 import os
 import time
 from collections.abc import Iterator
@@ -129,6 +130,25 @@ def assert_csp_clean(browser: Any) -> None:
     assert not [e for e in errors if "Content Security Policy" in e], errors
 
 
+def drop_file(browser: Any, css: str, name: str, data: bytes, mime: str) -> None:
+    """Drop a file on ``css`` as a person dragging it from their desktop would."""
+    browser.execute_script(
+        """const [target, name, base64, mime] = arguments;
+           const raw = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
+           const transfer = new DataTransfer();
+           transfer.items.add(new File([raw], name, {type: mime}));
+           const zone = document.querySelector(target);
+           for (const type of ['dragenter', 'dragover', 'drop']) {
+             zone.dispatchEvent(new DragEvent(type, {dataTransfer: transfer, bubbles: true,
+                                                     cancelable: true}));
+           }""",
+        css,
+        name,
+        base64.b64encode(data).decode(),
+        mime,
+    )
+
+
 def no_sideways_scroll(browser: Any) -> bool:
     return bool(
         browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth;")
@@ -240,7 +260,7 @@ def test_a_text_file_shows_the_service_message(page: Any, api: ApiServer, tmp_pa
         timeout=10,
     )
     assert refusal.status_code == 415
-    find(page, "#file").send_keys(str(notes))
+    drop_file(page, "#drop", "notes.txt", notes.read_bytes(), "text/plain")
     wait_for(lambda: "cannot show" in find(page, "#preview-caption").text, 10, "the preview note")
     choose(page, "#model", COMPACT)
     find(page, "#go").click()
@@ -250,6 +270,42 @@ def test_a_text_file_shows_the_service_message(page: Any, api: ApiServer, tmp_pa
     assert status.get_attribute("role") == "alert"
     assert not find_all(page, "#jobs .job")
     assert not find(page, "#go").get_attribute("disabled")  # it may be tried again
+
+
+def test_a_failed_job_shows_why_after_a_reload(
+    page: Any, api: ApiServer, photo: np.ndarray, tmp_path: Path
+) -> None:
+    """A job this browser sent before a reload is followed again, to its failure and reason."""
+    source = image_file(tmp_path, photo, 960, 720)
+    reply = requests.post(
+        f"{api.url}/sr",
+        headers={"X-Token": ALICE},
+        files={"file": (source.name, source.read_bytes())},
+        data={"model": COMPACT, "tile_size": "32", "timeout": "1"},
+        timeout=30,
+    )
+    assert reply.status_code == 202, reply.text
+    job_id = reply.json()["task_id"]
+    kept = {
+        "id": job_id,
+        "name": source.name,
+        "input": {"width": 960, "height": 720, "size": source.stat().st_size},
+        "options": {"model": COMPACT, "tile_size": "32"},
+        "submitted": 0,
+        "status": "pending",
+        "progress": {"done": 0, "total": 0},
+    }
+    page.execute_script(
+        "localStorage.setItem('srcluster-jobs', JSON.stringify([arguments[0]]))", kept
+    )
+    page.refresh()
+    card = first(page, "#jobs .job", "the kept job")
+    wait_for(lambda: card.get_attribute("data-status") == "failed", 60, "the job to fail")
+    error = api_result(api, job_id)["error"]
+    assert error["code"] == "timeout"
+    assert error["message"] in find(card, ".job-error").text
+    assert find(card, ".badge").text == "failed"
+    assert find(card, ".remove").is_displayed() and not find(card, ".cancel").is_displayed()
 
 
 def test_cancel_while_running(
@@ -286,6 +342,13 @@ def test_controls_are_labelled_and_usable_on_a_phone(page: Any, shots: Path) -> 
     )
     assert page.execute_script("return window.ran") is None
     assert any("Content Security Policy" in e for e in chromium.console_errors(page))
+    # a wrong token is told in the service's words
+    find(page, "#token").clear()
+    find(page, "#token").send_keys("not-a-token-of-this-service", Keys.TAB)
+    status = find(page, "#form-status")
+    wait_for(lambda: "token is not valid" in status.text, 10, "the token's refusal")
+    assert "401" in status.text
+
     page.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", PHONE)
     page.refresh()
     wait_for(lambda: find(page, "#go").is_displayed(), 10, "the page")

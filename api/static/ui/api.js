@@ -129,11 +129,15 @@ async function inputs(mode, work) {
   const db = await openDatabase();
   if (db === null) return null;
   return new Promise((resolve) => {
-    const transaction = db.transaction("inputs", mode);
-    const request = work(transaction.objectStore("inputs"));
-    transaction.oncomplete = () => resolve(request.result === undefined ? null : request.result);
-    transaction.onerror = () => resolve(null);
-    transaction.onabort = () => resolve(null);
+    try {
+      const transaction = db.transaction("inputs", mode);
+      const request = work(transaction.objectStore("inputs"));
+      transaction.oncomplete = () => resolve(request.result === undefined ? null : request.result);
+      transaction.onerror = () => resolve(null);
+      transaction.onabort = () => resolve(null);
+    } catch (error) {
+      resolve(null); // the database went away (cleared by the user): the input is not kept
+    }
   });
 }
 

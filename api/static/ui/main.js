@@ -439,6 +439,7 @@ tokenInput.addEventListener("change", () => {
   tokenRefused = false;
   say("");
   loadService();
+  render(); // results that could not be fetched with the old token are tried again
 });
 $("forget").addEventListener("click", () => {
   api.setToken("");
