@@ -273,7 +273,7 @@ def test_a_text_file_shows_the_service_message(page: Any, api: ApiServer, tmp_pa
 
 
 def test_a_failed_job_shows_why_after_a_reload(
-    page: Any, api: ApiServer, photo: np.ndarray, tmp_path: Path
+    page: Any, api: ApiServer, photo: np.ndarray, tmp_path: Path, shots: Path
 ) -> None:
     """A job this browser sent before a reload is followed again, to its failure and reason."""
     source = image_file(tmp_path, photo, 960, 720)
@@ -306,6 +306,7 @@ def test_a_failed_job_shows_why_after_a_reload(
     assert error["message"] in find(card, ".job-error").text
     assert find(card, ".badge").text == "failed"
     assert find(card, ".remove").is_displayed() and not find(card, ".cancel").is_displayed()
+    chromium.screenshot(page, shots / "ui-desktop-failed.png")
 
 
 def test_cancel_while_running(
