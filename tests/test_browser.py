@@ -155,7 +155,7 @@ def no_sideways_scroll(browser: Any) -> bool:
     )
 
 
-def test_upload_progress_slider_download_reload(
+def test_upload_progress_slider_download_another_reload(
     page: Any, api: ApiServer, photo: np.ndarray, tmp_path: Path, downloads: Path, shots: Path
 ) -> None:
     source = image_file(tmp_path, photo, 320, 240)
@@ -235,10 +235,21 @@ def test_upload_progress_slider_download_reload(
     assert saved.read_bytes() == served.content
     assert_csp_clean(page)
 
-    # a reload keeps the job, its result and its input (the before image)
+    # another option makes another job, listed above the first
+    choose(page, "#format", "webp")
+    assert not find(page, "#go").get_attribute("disabled")
+    find(page, "#go").click()
+    wait_for(lambda: len(find_all(page, "#jobs .job")) == 2, 20, "the second job")
+    second = find_all(page, "#jobs .job")[0]
+    assert second.get_attribute("data-id") != job_id
+    wait_for(lambda: second.get_attribute("data-status") == "success", 120, "the second job")
+    assert find(second, ".download").get_attribute("download") == "photo-320x240_x4.webp"
+
+    # a reload keeps both jobs, their results and their inputs (the before image)
     page.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", PHONE)
     page.refresh()
-    card = first(page, "#jobs .job", "the job after a reload")
+    wait_for(lambda: len(find_all(page, "#jobs .job")) == 2, 20, "the jobs after a reload")
+    card = find_all(page, "#jobs .job")[1]
     assert card.get_attribute("data-id") == job_id
     assert card.get_attribute("data-status") == "success"
     wait_for(lambda: find(card, ".result").is_displayed(), 30, "result")

@@ -184,10 +184,13 @@ function updateButton() {
 }
 
 for (const control of [modelSelect, scaleSelect, formatSelect, tileInput, skipAlpha]) {
-  control.addEventListener("input", () => {
-    api.saveOptions(options());
-    updateButton();
-  });
+  // both: some ways of changing a control (scripted selection, old browsers) send only one
+  for (const type of ["input", "change"]) {
+    control.addEventListener(type, () => {
+      api.saveOptions(options());
+      updateButton();
+    });
+  }
 }
 modelSelect.addEventListener("change", describeModel);
 scaleSelect.addEventListener("change", describeChoice);
@@ -236,6 +239,8 @@ form.addEventListener("submit", async (event) => {
     await api.keepInput(job.id, chosen.file);
     store();
     render();
+    // one column (phones): the jobs are below the form, so bring the new one into sight
+    if (window.matchMedia("(max-width: 59.99rem)").matches) views.get(job.id).card.scrollIntoView();
     say("Submitted " + job.name + ".");
     schedulePoll(0);
   } catch (error) {
