@@ -8,7 +8,6 @@
 const TOKEN_KEY = "srcluster-token";
 const JOBS_KEY = "srcluster-jobs";
 const OPTIONS_KEY = "srcluster-options";
-const MAX_JOBS = 50; // the oldest finished ones drop off the list beyond this
 
 export class ApiError extends Error {
   // status 0: no answer at all
@@ -94,7 +93,7 @@ export function loadJobs() {
 }
 
 export function saveJobs(jobs) {
-  localStorage.setItem(JOBS_KEY, JSON.stringify(jobs.slice(0, MAX_JOBS)));
+  localStorage.setItem(JOBS_KEY, JSON.stringify(jobs));
 }
 
 export function loadOptions() {
