@@ -193,19 +193,10 @@ def document(version: str, settings: Settings) -> dict[str, Any]:
                     },
                 }
             },
-            "/ui": {
-                "get": {
-                    "summary": "A small web page to submit images and download results",
-                    "operationId": "ui",
-                    "security": _NO_AUTH,
-                    "responses": {
-                        "200": {
-                            "description": "HTML",
-                            "content": {"text/html": {"schema": {"type": "string"}}},
-                        }
-                    },
-                }
-            },
+            "/ui": _page(
+                "ui", "The web page: submit images, follow progress, compare and download"
+            ),
+            "/docs": _page("docs", "This document, rendered by swagger-ui"),
         },
         "components": {
             "securitySchemes": {
@@ -214,6 +205,22 @@ def document(version: str, settings: Settings) -> dict[str, Any]:
             },
             "schemas": _schemas(),
         },
+    }
+
+
+def _page(operation_id: str, summary: str) -> dict[str, Any]:
+    return {
+        "get": {
+            "summary": summary,
+            "operationId": operation_id,
+            "security": _NO_AUTH,
+            "responses": {
+                "200": {
+                    "description": "HTML; its scripts and styles are files of this server",
+                    "content": {"text/html": {"schema": {"type": "string"}}},
+                }
+            },
+        }
     }
 
 
@@ -304,6 +311,19 @@ def _schemas() -> dict[str, Any]:
                 "message": {"type": "string"},
                 "version": {"type": "string"},
                 "models": {"type": "array", "items": {"type": "string"}},
+                "model_details": {
+                    "type": "array",
+                    "description": "each model of `models`, in the same order",
+                    "items": {
+                        "type": "object",
+                        "required": ["name", "scale", "description"],
+                        "properties": {
+                            "name": {"type": "string"},
+                            "scale": {"type": "integer", "description": "the model's own scale"},
+                            "description": {"type": "string", "description": "one line"},
+                        },
+                    },
+                },
                 "workers": {
                     "type": "integer",
                     "minimum": 0,

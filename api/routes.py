@@ -7,7 +7,7 @@ from typing import Any, cast
 
 from flask import Blueprint, Response, current_app, g, jsonify, redirect, request
 
-from api import openapi, ui
+from api import openapi
 from api.auth import authenticate, token_of, token_required
 from api.errors import Gone, NotFound, NotReady, Unavailable
 from api.fetch import fetch
@@ -63,6 +63,10 @@ def index() -> Response:
             "message": "srcluster is running",
             "version": svc.version,
             "models": svc.registry.names(),
+            "model_details": [
+                {"name": spec.name, "scale": spec.scale, "description": spec.description}
+                for spec in svc.registry.specs()
+            ],
             "workers": svc.store.worker_slots(),
             "engines": svc.store.worker_engines(),
         }
@@ -73,13 +77,6 @@ def index() -> Response:
 def openapi_json() -> Response:
     svc = services()
     return _json(openapi.document(svc.version, svc.settings))
-
-
-@bp.get("/ui")
-def ui_page() -> Response:
-    response = Response(ui.PAGE, mimetype="text/html")
-    response.headers["Content-Security-Policy"] = ui.CSP
-    return response
 
 
 # --- jobs ---------------------------------------------------------------------
