@@ -2,7 +2,9 @@
 
 The contract:
 
-- Formats read: png, jpeg, webp, bmp, tiff (first frame or page only).
+- Formats read: png, jpeg, webp, bmp, tiff, still images only: an animated
+  WebP or PNG (APNG), an animated GIF or a TIFF of several full-size pages
+  raises :class:`AnimatedImage` (a still GIF is unsupported, like any GIF).
   Formats written: png, jpeg, webp, tiff; bmp input is written as png.
 - Pixels are an ``np.ndarray`` of shape ``(H, W, C)`` with ``C`` in ``{1, 3, 4}``
   (gray, RGB, RGBA; never BGR), dtype ``uint8`` or ``uint16``. Gray+alpha and
@@ -16,12 +18,14 @@ The contract:
   ``Exif\\0\\0`` prefix JPEG's APP1 segment uses; TIFF input keeps no EXIF.
 - The ICC profile and EXIF are written back for png (8 and 16 bit), jpeg and
   webp (JPEG drops an EXIF blob over its 64 KiB segment); TIFF output carries
-  neither. JPEG output drops alpha (no compositing onto a background).
+  neither. JPEG has no alpha: JPEG output composites RGBA over
+  :data:`JPEG_BACKGROUND` (white).
 - :func:`probe` reads headers only, so a small file claiming a huge image is
   refused before any pixel memory is allocated.
 
 Errors (see :mod:`common.errors`): :class:`UnsupportedImage` for bytes that are
-not an image we read, or are damaged or truncated; :class:`ImageTooLarge` for
+not an image we read, or are damaged or truncated; :class:`AnimatedImage` for
+several frames or pages; :class:`ImageTooLarge` for
 width * height over ``max_pixels``; :class:`BadParameter` for an unknown format
 or quality. No OpenCV or Pillow exception leaves :func:`probe` or :func:`decode`.
 A caller passing :func:`encode` an array outside the pixel contract gets
@@ -44,7 +48,7 @@ import numpy as np
 import numpy.typing as npt
 import PIL.Image
 
-from common.errors import BadParameter, ImageTooLarge, UnsupportedImage
+from common.errors import AnimatedImage, BadParameter, ImageTooLarge, UnsupportedImage
 from common.metadata import (
     TIFF_HEADERS,
     png_chunk,
@@ -73,6 +77,10 @@ if hasattr(cv2, "IMWRITE_PNG_FILTER"):  # OpenCV 4.11+
 five per row: on 2400x2048 model output (Xeon, 4 interleaved rounds) 1.5-2x faster at
 the same size (photo 6.46 MB vs 6.40, flat drawing 1.27 vs 1.25). Huffman-only and RLE
 were as fast on photos but 2.4-2.6x larger on flat drawings."""
+
+JPEG_BACKGROUND = 255
+"""The gray level (on every channel: white) that transparent pixels are flattened over in JPEG
+output, which has no alpha channel."""
 
 Pixels = npt.NDArray[Any]
 """An (H, W, C) uint8 or uint16 array, C in {1, 3, 4}, RGB(A) channel order."""
@@ -281,6 +289,8 @@ def encode(
     out = io.BytesIO()
     if fmt == "jpeg":
         rgb = a8[:, :, 0] if a8.shape[2] == 1 else a8[:, :, :3]
+        if a8.shape[2] == 4:
+            rgb = flatten(a8)
         PIL.Image.fromarray(np.ascontiguousarray(rgb)).save(
             out,
             "JPEG",
@@ -308,6 +318,14 @@ def encode(
             exif=tiff_exif or b"",
         )
     return out.getvalue()
+
+
+def flatten(rgba: Pixels, background: int = JPEG_BACKGROUND) -> Pixels:
+    """Composite 8-bit (H, W, 4) ``rgba`` over a flat ``background`` gray: (H, W, 3) uint8."""
+    color = rgba[:, :, :3].astype(np.uint32)
+    alpha = rgba[:, :, 3:4].astype(np.uint32)
+    mixed = (color * alpha + background * (255 - alpha) + 127) // 255
+    return mixed.astype(np.uint8)
 
 
 # --- decoding ---------------------------------------------------------------
@@ -385,6 +403,8 @@ def _read_header(data: bytes) -> _Header:
     if not data:
         raise UnsupportedImage("the file is empty (0 bytes)", format=None)
     found = _sniff(data)
+    if found == "GIF" and (frames := _gif_frames(data)) > 1:
+        raise _animated("GIF", frames)
     if found not in FORMATS:
         raise UnsupportedImage(
             f"{found} is not a supported image format (png, jpeg, webp, bmp, tiff)",
@@ -409,10 +429,78 @@ def _read_header(data: bytes) -> _Header:
             format=found,
         ) from None
     fmt = _PIL_FORMATS.get(im.format or "", found)
+    frames = _frames(im, fmt)
+    if frames > 1:
+        im.close()
+        raise _animated(fmt, frames)
     exif = None
     if fmt != "tiff":  # a TIFF's tags are the file's structure, not an EXIF blob
         exif, orientation = _exif_of(im, fmt, data)
     return _Header(im, fmt, data, exif, orientation)
+
+
+def _animated(fmt: str, frames: int) -> AnimatedImage:
+    kind = f"a {fmt} of {frames} pages" if fmt == "tiff" else f"an animated {fmt} ({frames} frames)"
+    return AnimatedImage(
+        f"the file is {kind}; srcluster upscales still images only: send one frame "
+        "as its own png, jpeg or webp file",
+        parameter="file",
+        format=fmt,
+        frames=frames,
+    )
+
+
+def _frames(im: PIL.Image.Image, fmt: str) -> int:
+    """Frames of an animated WebP or APNG, or full-size pages of a TIFF (1 for a still).
+
+    A JPEG's multi-picture index (phone photos: previews, depth maps) is not an
+    animation, nor is a TIFF's reduced-resolution page (a thumbnail).
+    """
+    if fmt not in ("png", "webp", "tiff"):
+        return 1
+    try:
+        with _quiet_pillow():
+            count = int(getattr(im, "n_frames", 1))
+            if fmt != "tiff" or count < 2:
+                return count
+            pages = 0
+            for index in range(count):
+                im.seek(index)
+                # NewSubfileType (254), bit 0: a reduced-resolution copy of another page
+                if not int(getattr(im, "tag_v2", {}).get(254, 0)) & 1:
+                    pages += 1
+            im.seek(0)
+            return pages
+    except Exception:
+        raise _damaged(fmt) from None
+
+
+def _gif_frames(data: bytes) -> int:
+    """Image descriptors in a GIF, counted from its block structure without decoding any."""
+    pos = 13
+    if len(data) < pos:
+        return 0
+    if data[10] & 0x80:  # global colour table
+        pos += 3 << ((data[10] & 7) + 1)
+    frames = 0
+    while pos < len(data):
+        block = data[pos]
+        if block == 0x3B:  # trailer
+            break
+        if block == 0x21:  # extension: label, then sub-blocks
+            pos += 2
+        elif block == 0x2C:  # image: descriptor, local colour table, LZW size, sub-blocks
+            frames += 1
+            if pos + 10 > len(data):
+                break
+            packed = data[pos + 9]
+            pos += 10 + (3 << ((packed & 7) + 1) if packed & 0x80 else 0) + 1
+        else:
+            break  # damaged: what was counted stands
+        while pos < len(data) and data[pos] != 0:
+            pos += data[pos] + 1
+        pos += 1
+    return frames
 
 
 def _zero_size(fmt: str) -> UnsupportedImage:
