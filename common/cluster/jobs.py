@@ -20,6 +20,7 @@ atomic and ``success`` is final).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -32,9 +33,10 @@ from typing import Any
 
 import numpy as np
 
-from common import tiling
+from common import estimate, tiling
 from common.cluster.store import JobStatus, JobStore, WindowRead, pack_array, unpack_array
 from common.engines import Engine, get_engine
+from common.errors import JobTooLong, UnknownModel
 from common.groups import MAX_GROUP
 from common.imageio import Image, content_type, decode
 from common.memory import ENGINE_KEYS
@@ -139,8 +141,10 @@ def submit(
     owner: str,
     owner_name: str,
     timeout: float,
+    estimate: float | None = None,
 ) -> None:
-    """Record a prepared job (``pending``) with its input in the store (one transaction)."""
+    """Record a prepared job (``pending``) with its input in the store (one transaction);
+    ``estimate`` is its estimated seconds of inference (:mod:`common.estimate`)."""
     store.create(
         prepared.job_id,
         owner=owner,
@@ -152,6 +156,46 @@ def submit(
         strips=prepared.strips(),
         extras=prepared.extras(),
         timeout=timeout,
+        estimate=estimate,
+    )
+
+
+def estimate_job(
+    store: JobStore, registry: Registry, plan: JobPlan, processes: int
+) -> estimate.Estimate:
+    """The plan's inference time on the ``processes`` tile processes up, from the speeds
+    the workers up measured (see :mod:`common.estimate` for the formula)."""
+    workers = store.worker_speeds()
+    figures: dict[str, float] = {}
+    for name in {plan.model, *(m for _, speeds in workers.values() for m in speeds)}:
+        # a worker's model this API does not know has no figure to scale by
+        with contextlib.suppress(UnknownModel):
+            figures[name] = registry.get(name).cpu_seconds_per_megapixel
+    speed, basis = estimate.seconds_per_megapixel(plan.model, figures, workers)
+    return estimate.estimate(plan, speed, basis, processes)
+
+
+def refuse_too_long(found: estimate.Estimate, timeout: float, max_timeout: float) -> None:
+    """Refuse a job whose estimated inference time exceeds its ``timeout``.
+
+    Raises:
+        JobTooLong: it does; the message gives the estimate and what would help.
+    """
+    if found.seconds <= timeout:
+        return
+    advice = (
+        f"ask for a timeout of up to {max_timeout:.0f} s"
+        if found.seconds <= max_timeout
+        else "use a faster model (realesr-animevideov3), a smaller image, or more workers"
+    )
+    raise JobTooLong(
+        f"this job needs about {found.seconds:.0f} s of inference on the {found.processes} "
+        f"tile process(es) up ({estimate.BASIS_WORDS[found.basis]}), more than its timeout "
+        f"of {timeout:.0f} s; {advice}",
+        parameter="timeout",
+        timeout=timeout,
+        estimate=found.to_dict(),
+        formula=estimate.FORMULA,
     )
 
 
@@ -264,6 +308,8 @@ def run_group(
         # the windows of one engine call finish together: each is charged an equal share
         ran = len(results)
         seconds += [(time.perf_counter() - began) / ran] * ran
+    pixels = len(windows) * tiles.window_width * tiles.window_height
+    _report_speed(store, worker, plan.model, sum(seconds), pixels)
     whole_job = stitch_here and len(outputs) == plan.part_count
     _, landed = store.record_outputs(
         job_id, outputs, worker, model=plan.model, seconds=seconds, keep=not whole_job
@@ -272,6 +318,24 @@ def run_group(
         stitch(store, settings, job_id, known=dict(outputs))
         return False
     return landed
+
+
+SPEED_WEIGHT = 0.3
+"""Weight of the newest group in a process's smoothed seconds per megapixel (the first run
+of a session is slower; one slow group should not swing the estimates of the next jobs)."""
+
+_speeds: dict[tuple[str, str], float] = {}
+
+
+def _report_speed(store: JobStore, worker: str, model: str, seconds: float, pixels: int) -> None:
+    """Smooth this process's seconds per inferred megapixel of ``model`` and publish it."""
+    if pixels <= 0:
+        return
+    measured = seconds / (pixels / 1e6)
+    previous = _speeds.get((worker, model))
+    speed = measured if previous is None else previous + SPEED_WEIGHT * (measured - previous)
+    _speeds[(worker, model)] = speed
+    store.report_speed(worker, model, speed)
 
 
 BATCH_PIXELS = 1 << 18
