@@ -17,4 +17,5 @@ The pure core, one module per noun:
 - ``models`` (the registry) and ``ncnn`` (the ncnn-to-ONNX converter).
 - ``engines/``: the inference backends behind one ``Engine`` contract.
 - ``pipeline``: the local ``plan -> infer -> stitch`` pipeline, the cluster's reference.
+- ``estimate``: a job's estimated inference time, and its ETA while it runs.
 """
