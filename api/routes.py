@@ -16,6 +16,7 @@ from api.services import Services
 from common.cluster import jobs
 from common.cluster.store import JobRecord, JobStatus
 from common.errors import BadParameter, UnknownField, UnsupportedImage
+from common.estimate import refuse_too_long
 from common.imageio import extension
 from common.models import DEFAULT_MODEL
 from common.params import parse_params
@@ -127,9 +128,9 @@ def _check_fields() -> None:
     for name in sorted(names):
         count = len(request.form.getlist(name)) + len(request.files.getlist(name))
         if count > 1:
-            what = "file parts" if name == "file" else "times"
+            what = "file parts" if name == "file" else "values"
             raise BadParameter(
-                f"{name} was given {count} {what}; one job takes one of each field "
+                f"{count} {what} for {name}; a job takes one of each field "
                 "(send one request per image)",
                 parameter=name,
                 count=count,
@@ -186,7 +187,7 @@ def submit() -> Response:
     del data
     estimate = jobs.estimate_job(svc.store, svc.registry, prepared.plan, capacity.slots)
     if svc.settings.estimate_check:
-        jobs.refuse_too_long(estimate, timeout, svc.settings.max_timeout)
+        refuse_too_long(estimate, timeout, svc.settings.max_timeout)
     jobs.submit(
         svc.store,
         prepared,

@@ -29,6 +29,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from common.errors import JobTooLong
+
 if TYPE_CHECKING:  # the store reads remaining() and need not load the pipeline
     from common.pipeline import JobPlan
 
@@ -130,3 +132,27 @@ def remaining(
     if estimate is None:
         return None
     return max(0.0, estimate - (now - (started or created)))
+
+
+def refuse_too_long(found: Estimate, timeout: float, max_timeout: float) -> None:
+    """Refuse a job whose estimated inference time exceeds its ``timeout``.
+
+    Raises:
+        JobTooLong: it does; the message gives the estimate and what would help.
+    """
+    if found.seconds <= timeout:
+        return
+    advice = (
+        f"ask for a timeout of up to {max_timeout:.0f} s"
+        if found.seconds <= max_timeout
+        else "use a faster model (realesr-animevideov3), a smaller image, or more workers"
+    )
+    raise JobTooLong(
+        f"this job needs about {found.seconds:.0f} s of inference on the {found.processes} "
+        f"tile process(es) up ({BASIS_WORDS[found.basis]}), more than its timeout "
+        f"of {timeout:.0f} s; {advice}",
+        parameter="timeout",
+        timeout=timeout,
+        estimate=found.to_dict(),
+        formula=FORMULA,
+    )

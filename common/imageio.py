@@ -48,7 +48,8 @@ import numpy as np
 import numpy.typing as npt
 import PIL.Image
 
-from common.errors import AnimatedImage, BadParameter, ImageTooLarge, UnsupportedImage
+from common import frames
+from common.errors import BadParameter, ImageTooLarge, UnsupportedImage
 from common.metadata import (
     TIFF_HEADERS,
     png_chunk,
@@ -403,8 +404,8 @@ def _read_header(data: bytes) -> _Header:
     if not data:
         raise UnsupportedImage("the file is empty (0 bytes)", format=None)
     found = _sniff(data)
-    if found == "GIF" and (frames := _gif_frames(data)) > 1:
-        raise _animated("GIF", frames)
+    if found == "GIF" and (count := frames.gif_frames(data)) > 1:
+        raise frames.animated("GIF", count)
     if found not in FORMATS:
         raise UnsupportedImage(
             f"{found} is not a supported image format (png, jpeg, webp, bmp, tiff)",
@@ -429,78 +430,19 @@ def _read_header(data: bytes) -> _Header:
             format=found,
         ) from None
     fmt = _PIL_FORMATS.get(im.format or "", found)
-    frames = _frames(im, fmt)
-    if frames > 1:
+    try:
+        with _quiet_pillow():
+            count = frames.still_frames(im, fmt)
+    except Exception:
         im.close()
-        raise _animated(fmt, frames)
+        raise _damaged(fmt) from None
+    if count > 1:
+        im.close()
+        raise frames.animated(fmt, count)
     exif = None
     if fmt != "tiff":  # a TIFF's tags are the file's structure, not an EXIF blob
         exif, orientation = _exif_of(im, fmt, data)
     return _Header(im, fmt, data, exif, orientation)
-
-
-def _animated(fmt: str, frames: int) -> AnimatedImage:
-    kind = f"a {fmt} of {frames} pages" if fmt == "tiff" else f"an animated {fmt} ({frames} frames)"
-    return AnimatedImage(
-        f"the file is {kind}; srcluster upscales still images only: send one frame "
-        "as its own png, jpeg or webp file",
-        parameter="file",
-        format=fmt,
-        frames=frames,
-    )
-
-
-def _frames(im: PIL.Image.Image, fmt: str) -> int:
-    """Frames of an animated WebP or APNG, or full-size pages of a TIFF (1 for a still).
-
-    A JPEG's multi-picture index (phone photos: previews, depth maps) is not an
-    animation, nor is a TIFF's reduced-resolution page (a thumbnail).
-    """
-    if fmt not in ("png", "webp", "tiff"):
-        return 1
-    try:
-        with _quiet_pillow():
-            count = int(getattr(im, "n_frames", 1))
-            if fmt != "tiff" or count < 2:
-                return count
-            pages = 0
-            for index in range(count):
-                im.seek(index)
-                # NewSubfileType (254), bit 0: a reduced-resolution copy of another page
-                if not int(getattr(im, "tag_v2", {}).get(254, 0)) & 1:
-                    pages += 1
-            im.seek(0)
-            return pages
-    except Exception:
-        raise _damaged(fmt) from None
-
-
-def _gif_frames(data: bytes) -> int:
-    """Image descriptors in a GIF, counted from its block structure without decoding any."""
-    pos = 13
-    if len(data) < pos:
-        return 0
-    if data[10] & 0x80:  # global colour table
-        pos += 3 << ((data[10] & 7) + 1)
-    frames = 0
-    while pos < len(data):
-        block = data[pos]
-        if block == 0x3B:  # trailer
-            break
-        if block == 0x21:  # extension: label, then sub-blocks
-            pos += 2
-        elif block == 0x2C:  # image: descriptor, local colour table, LZW size, sub-blocks
-            frames += 1
-            if pos + 10 > len(data):
-                break
-            packed = data[pos + 9]
-            pos += 10 + (3 << ((packed & 7) + 1) if packed & 0x80 else 0) + 1
-        else:
-            break  # damaged: what was counted stands
-        while pos < len(data) and data[pos] != 0:
-            pos += data[pos] + 1
-        pos += 1
-    return frames
 
 
 def _zero_size(fmt: str) -> UnsupportedImage:

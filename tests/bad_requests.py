@@ -48,7 +48,7 @@ SVG = (
 HTML = b"<!doctype html><html><body><img src=x onerror=alert(1)></body></html>"
 GIF = b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;"
 BOMB = crafted_png(100_000, 100_000)
-LARGE_PNG = encode(_pixels(256, 256), "png")
+LARGE_PNG = encode(_pixels(512, 512), "png")
 """Enough pixels that realesrgan-x4plus needs far more than a second on any CPU."""
 
 
@@ -357,7 +357,7 @@ CASES: list[BadRequest] = [
         parameter="file",
     ),
     BadRequest(
-        "x4plus on 256x256 within 1 s",
+        "x4plus on 512x512 within 1 s",
         422,
         "job_too_long",
         form={"model": "realesrgan-x4plus", "timeout": "1"},

@@ -9,6 +9,7 @@ import pytest
 
 from common import estimate
 from common.cluster.store import JobRecord, JobStatus
+from common.errors import JobTooLong
 from common.imageio import Image
 from common.models import Registry
 from common.params import parse_params
@@ -84,3 +85,16 @@ def test_a_finished_job_has_no_eta() -> None:
     done = record(10, 1010.0, 50.0)
     done.status = JobStatus.SUCCESS
     assert "eta_seconds" not in done.public(now=1030.0)
+
+
+def test_refusal_gives_the_estimate_and_what_would_help() -> None:
+    found = estimate.Estimate(700.0, 46.5, 2, estimate.SCALED)
+    estimate.refuse_too_long(found, timeout=700, max_timeout=3600)  # within: accepted
+    with pytest.raises(JobTooLong) as info:
+        estimate.refuse_too_long(found, timeout=600, max_timeout=3600)
+    assert info.value.http_status == 422 and info.value.detail["parameter"] == "timeout"
+    assert info.value.detail["estimate"] == found.to_dict()
+    assert "about 700 s of inference on the 2 tile process(es)" in info.value.message
+    assert "ask for a timeout of up to 3600 s" in info.value.message
+    with pytest.raises(JobTooLong, match="faster model"):
+        estimate.refuse_too_long(found, timeout=600, max_timeout=650)

@@ -36,7 +36,7 @@ import numpy as np
 from common import estimate, tiling
 from common.cluster.store import JobStatus, JobStore, WindowRead, pack_array, unpack_array
 from common.engines import Engine, get_engine
-from common.errors import JobTooLong, UnknownModel
+from common.errors import UnknownModel
 from common.groups import MAX_GROUP
 from common.imageio import Image, content_type, decode
 from common.memory import ENGINE_KEYS
@@ -173,30 +173,6 @@ def estimate_job(
             figures[name] = registry.get(name).cpu_seconds_per_megapixel
     speed, basis = estimate.seconds_per_megapixel(plan.model, figures, workers)
     return estimate.estimate(plan, speed, basis, processes)
-
-
-def refuse_too_long(found: estimate.Estimate, timeout: float, max_timeout: float) -> None:
-    """Refuse a job whose estimated inference time exceeds its ``timeout``.
-
-    Raises:
-        JobTooLong: it does; the message gives the estimate and what would help.
-    """
-    if found.seconds <= timeout:
-        return
-    advice = (
-        f"ask for a timeout of up to {max_timeout:.0f} s"
-        if found.seconds <= max_timeout
-        else "use a faster model (realesr-animevideov3), a smaller image, or more workers"
-    )
-    raise JobTooLong(
-        f"this job needs about {found.seconds:.0f} s of inference on the {found.processes} "
-        f"tile process(es) up ({estimate.BASIS_WORDS[found.basis]}), more than its timeout "
-        f"of {timeout:.0f} s; {advice}",
-        parameter="timeout",
-        timeout=timeout,
-        estimate=found.to_dict(),
-        formula=estimate.FORMULA,
-    )
 
 
 def window_read(plan: JobPlan, part: int) -> WindowRead:
