@@ -20,10 +20,9 @@ every one with the result TTL::
     P:workers       hash part -> the worker that ran it
     P:running       hash part -> the process (host:pid) that last started it
     srcluster:active         sorted set of unfinished job keys, scored by deadline (the periodic check)
-    srcluster:workers        sorted set of worker names, scored by when their heartbeat expires
-    srcluster:worker-slots   hash worker name -> its tile processes
-    srcluster:worker-engines hash "worker pid model" -> what runs it (``Engine.describe()``)
     srcluster:stats          hash of counters and latency buckets, no TTL (:mod:`common.cluster.stats`)
+
+and the workers' keys (:mod:`common.cluster.workers`).
 
 Arrays travel as raw bytes or ``.npy`` (dtype, shape, data; never pickles), not
 PNG: encoding every tile would cost more than a compact-model tile's inference.
@@ -37,139 +36,46 @@ a redelivered stitch can never revive or overwrite a finished job.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
-import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
 import redis
 
 from common.cluster import lua, stats
 from common.cluster.protocol import BROKER_UNACKED, broker_lists
+from common.cluster.records import (
+    GroupStart,
+    JobRecord,
+    JobStatus,
+    WindowRead,
+    pack_array,
+    token_hash,
+    unpack_array,
+)
 from common.cluster.stats import STATS
+from common.cluster.workers import WORKER_ENGINES, WORKER_SLOTS, WORKERS, WorkerRegistry
+
+__all__ = [
+    "ACTIVE",
+    "PREFIX",
+    "WORKERS",
+    "GroupStart",
+    "JobRecord",
+    "JobStatus",
+    "JobStore",
+    "WindowRead",
+    "pack_array",
+    "token_hash",
+    "unpack_array",
+]
 
 PREFIX = "srcluster:job:"
 ACTIVE = "srcluster:active"
-WORKERS = "srcluster:workers"
-WORKER_SLOTS = "srcluster:worker-slots"
-WORKER_ENGINES = "srcluster:worker-engines"
 
 
-class JobStatus(StrEnum):
-    """A job's state; the value is what the API reports."""
-
-    PENDING = "pending"
-    PROCESSING = "processing"
-    SUCCESS = "success"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def finished(self) -> bool:
-        """Whether the job has ended (``success``, ``failed`` or ``cancelled``); that is final."""
-        return self in (JobStatus.SUCCESS, JobStatus.FAILED, JobStatus.CANCELLED)
-
-
-@dataclass(frozen=True)
-class WindowRead:
-    """Where a part's input window lies: bytes ``[first, last]`` of a plane's column strip."""
-
-    part: int
-    plane: int
-    column: int
-    first: int
-    last: int
-
-
-@dataclass(frozen=True)
-class GroupStart:
-    """What :meth:`JobStore.begin_group` found: the job's state and the group's windows.
-
-    ``windows`` is ``None`` unless the job is unfinished, in time and no part of
-    the group is over its deliveries; an empty ``bytes`` stands for a window
-    whose strip is gone (the job ended meanwhile).
-    """
-
-    status: JobStatus | None
-    deadline: float
-    deliveries: int
-    """The most deliveries of any part of the group, this one included."""
-    worst_part: int
-    windows: list[bytes] | None
-
-
-def token_hash(token: str) -> str:
-    """What a job records of its owner: the token's sha256, never the token."""
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def pack_array(array: npt.NDArray[Any]) -> bytes:
-    """Serialize an array as ``.npy`` bytes (dtype, shape, data)."""
-    buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
-    return buffer.getvalue()
-
-
-def unpack_array(data: bytes) -> npt.NDArray[Any]:
-    """Inverse of :func:`pack_array`; refuses pickled objects."""
-    array: npt.NDArray[Any] = np.load(io.BytesIO(data), allow_pickle=False)
-    return array
-
-
-@dataclass
-class JobRecord:
-    """A job as stored; ``params`` and ``plan`` are the JSON dicts the API recorded."""
-
-    id: str
-    status: JobStatus
-    owner: str
-    owner_name: str
-    params: dict[str, Any]
-    plan: dict[str, Any]
-    parts: int
-    groups: int
-    """Tasks the job was sent as (each carries a group of parts)."""
-    created: float
-    deadline: float
-    done: int = 0
-    started: float | None = None
-    finished: float | None = None
-    landed: float | None = None
-    """When the last part's output landed (the stitch should follow)."""
-    stitch_requested: float | None = None
-    """When the janitor last re-sent a stitch (see :func:`common.cluster.jobs.unstitched`)."""
-    stitches: int = 0
-    """Stitches that ended the job ``success``: 1 once it has, never more."""
-    error: str | None = None
-    error_code: str | None = None
-    output: dict[str, Any] = field(default_factory=dict)
-
-    def public(self) -> dict[str, Any]:
-        """The ``result`` object of ``GET /result/<id>``."""
-        body: dict[str, Any] = {
-            "status": self.status.value,
-            "progress": {"done": self.done, "total": self.parts},
-            "model": self.params.get("model"),
-            "created": self.created,
-        }
-        if self.started is not None:
-            body["started"] = self.started
-        if self.finished is not None:
-            body["finished"] = self.finished
-        body.update(self.output)
-        if self.error is not None:
-            body["error"] = {"code": self.error_code or "failed", "message": self.error}
-        return body
-
-
-class JobStore:
+class JobStore(WorkerRegistry):
     """All of srcluster's Redis reads and writes of jobs.
 
     Every method either does what it says or raises ``redis.RedisError`` having
@@ -463,16 +369,6 @@ class JobStore:
         values: list[bytes | None] = self.redis.mget([self.key(job_id, "out", p) for p in parts])
         return values
 
-    def count_delivery(self, job_id: str, part: int, runner: str) -> int:
-        """Count one more delivery of a part, run by ``runner`` (``host:pid``); returns the count."""
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hincrby(self.key(job_id, "deliveries"), str(part), 1)
-        pipe.expire(self.key(job_id, "deliveries"), self.ttl)
-        pipe.hset(self.key(job_id, "running"), str(part), runner)
-        pipe.expire(self.key(job_id, "running"), self.ttl)
-        count: int = pipe.execute()[0]
-        return count
-
     def runner_of(self, job_id: str, part: int) -> str | None:
         """The ``host:pid`` that last started a part."""
         value = self.redis.hget(self.key(job_id, "running"), str(part))
@@ -518,59 +414,6 @@ class JobStore:
     def mark_stitch_requested(self, job_id: str, when: float) -> None:
         """Note that a stitch was re-sent for the job at ``when``."""
         self.redis.hset(self.key(job_id), "stitch_requested", when)
-
-    # --- workers ------------------------------------------------------------------
-
-    def announce_worker(self, name: str, slots: int, ttl: int = 30, window_budget: int = 0) -> None:
-        """A worker says it is up with ``slots`` tile processes, each of which may spend
-        ``window_budget`` bytes on a window (0: unknown); it must repeat within ``ttl``."""
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.zadd(WORKERS, {name: time.time() + ttl})
-        pipe.hset(WORKER_SLOTS, name, f"{slots} {window_budget}")
-        pipe.execute()
-
-    def workers_up(self) -> dict[str, tuple[int, int]]:
-        """Workers whose heartbeat has not expired: name -> (tile processes, window budget
-        in bytes, 0 if unknown), in one round trip."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.zrangebyscore(WORKERS, time.time(), "+inf")
-        pipe.hgetall(WORKER_SLOTS)
-        names, slots = pipe.execute()
-        table: dict[str, tuple[int, int]] = {}
-        for key, value in slots.items():
-            count, _, budget = value.decode().partition(" ")
-            table[key.decode()] = (int(count), int(budget or 0))
-        return {n.decode(): table.get(n.decode(), (0, 0)) for n in names}
-
-    def capacity(self) -> tuple[int, int | None]:
-        """``(tile processes up, the smallest window budget among them)``, for planning a job;
-        the budget is ``None`` when no tile worker said one."""
-        up = [info for info in self.workers_up().values() if info[0] > 0]
-        budgets = [budget for _, budget in up if budget > 0]
-        return sum(slots for slots, _ in up), min(budgets) if budgets else None
-
-    def report_engine(self, worker: str, model: str, description: str) -> None:
-        """A worker process says which engine runs ``model`` (shown by ``GET /``)."""
-        self.redis.hset(WORKER_ENGINES, f"{worker} {os.getpid()} {model}", description)
-
-    def worker_engines(self) -> dict[str, list[str]]:
-        """What each worker that is up runs: worker name -> distinct engine descriptions."""
-        up = self.workers_up()
-        found: dict[str, list[str]] = {}
-        for key, value in self.redis.hgetall(WORKER_ENGINES).items():
-            worker = key.decode().split(" ", 1)[0]
-            if worker in up and value.decode() not in found.setdefault(worker, []):
-                found[worker].append(value.decode())
-        return found
-
-    def worker_slots(self) -> int:
-        """Tile processes across the workers that announced themselves recently."""
-        return sum(slots for slots, _ in self.workers_up().values())
-
-    def forget_dead_workers(self) -> None:
-        """Drop the heartbeats that expired (the janitor's housekeeping; atomic, so a worker
-        announcing itself meanwhile is never forgotten)."""
-        self._forget_dead(keys=[WORKERS, WORKER_SLOTS, WORKER_ENGINES], args=[time.time()])
 
     # --- metrics ------------------------------------------------------------------
 
