@@ -332,11 +332,11 @@ def stitch(
             stored = iter(store.read_outputs(job_id, [n for n in parts if n not in known]))
             for tile, part in zip(group, parts, strict=True):
                 data = known[part] if part in known else next(stored)
-                if data is None:
+                shape = (tile.height * plan.model_scale, tile.width * plan.model_scale, channels)
+                if data is None or len(data) != np.prod(shape) * plan.numpy_dtype.itemsize:
                     if store.status(job_id) in (JobStatus.PENDING, JobStatus.PROCESSING):
                         store.fail(job_id, "lost_tile", f"the output of tile {part} is missing")
                     return False
-                shape = (tile.height * plan.model_scale, tile.width * plan.model_scale, channels)
                 canvas.paste(tile, np.frombuffer(data, plan.numpy_dtype).reshape(shape))
         canvases.append(canvas.pixels)
     alpha_data = store.read_extra(job_id, "alpha")

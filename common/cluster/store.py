@@ -20,14 +20,20 @@ every one with the result TTL::
     P:workers       hash part -> the worker that ran it
     P:running       hash part -> the process (host:pid) that last started it
     srcluster:active         sorted set of unfinished job keys, scored by deadline (the periodic check)
+    srcluster:blob-sweep     set while one janitor sweeps old blobs (a blob store only)
     srcluster:stats          hash of counters and latency buckets, no TTL (:mod:`common.cluster.stats`)
 
-and the workers' keys (:mod:`common.cluster.workers`).
+and the workers' keys (:mod:`common.cluster.workers`). With a blob store
+(``SRCLUSTER_BLOB_URL``, :mod:`common.cluster.blobs`) the strips, output cores
+and result are blobs of the job instead of ``P:in``, ``P:out`` and
+``P:result``; the rest stays here, the small extras too.
 
 Arrays travel as raw bytes or ``.npy`` (dtype, shape, data; never pickles), not
 PNG: encoding every tile would cost more than a compact-model tile's inference.
 A cluster task reads and writes a whole group of parts in one round trip each
-(:meth:`JobStore.begin_group`, :meth:`JobStore.record_outputs`).
+(:meth:`JobStore.begin_group`, :meth:`JobStore.record_outputs`), plus, with a
+blob store, its reads and writes of blobs: written before the script that
+marks them done, deleted again when the script says the job has ended.
 
 Status changes go through :meth:`JobStore.transition`, an atomic check-and-set
 in Lua: ``success``, ``failed`` and ``cancelled`` are final, so a late tile or
@@ -44,6 +50,14 @@ from typing import Any
 import redis
 
 from common.cluster import lua, stats
+from common.cluster.blobs import (
+    RESULT,
+    SWEEP_INTERVAL,
+    Blobs,
+    from_settings,
+    output_name,
+    strip_name,
+)
 from common.cluster.protocol import BROKER_UNACKED, broker_lists
 from common.cluster.records import (
     GroupStart,
@@ -56,9 +70,11 @@ from common.cluster.records import (
 )
 from common.cluster.stats import STATS
 from common.cluster.workers import WORKER_ENGINES, WORKER_SLOTS, WORKERS, WorkerRegistry
+from common.settings import Settings
 
 __all__ = [
     "ACTIVE",
+    "BLOB_SWEEP",
     "PREFIX",
     "WORKERS",
     "GroupStart",
@@ -73,31 +89,54 @@ __all__ = [
 
 PREFIX = "srcluster:job:"
 ACTIVE = "srcluster:active"
+BLOB_SWEEP = "srcluster:blob-sweep"
+
+RESULT_CHUNK = 1 << 20
+"""Bytes of a result streamed from a blob store at a time (a download's memory)."""
 
 
 class JobStore(WorkerRegistry):
-    """All of srcluster's Redis reads and writes of jobs.
+    """All of srcluster's Redis reads and writes of jobs, and of their blobs.
 
-    Every method either does what it says or raises ``redis.RedisError`` having
-    changed nothing it would not change again on a retry (writes are idempotent).
+    Every method either does what it says or raises ``redis.RedisError`` (or
+    :class:`~common.cluster.blobs.BlobUnavailable`) having changed nothing it
+    would not change again on a retry (writes are idempotent).
     """
 
-    def __init__(self, client: redis.Redis, ttl: int):
+    def __init__(self, client: redis.Redis, ttl: int, blobs: Blobs | None = None):
         # Any: redis-py's annotations cannot tell that replies are bytes (decode_responses off)
         self.redis: Any = client
         self.ttl = ttl
+        self.blobs = blobs
+        """Where strips, cores and results live; ``None``: in this Redis."""
         self._transition = client.register_script(lua.TRANSITION)
         self._begin_group = client.register_script(lua.BEGIN_GROUP)
         self._forget_dead = client.register_script(lua.FORGET_DEAD)
         self._record_outputs = client.register_script(lua.RECORD_OUTPUTS)
 
     @classmethod
-    def from_url(cls, url: str, ttl: int, connect_timeout: float | None = None) -> JobStore:
+    def from_settings(cls, settings: Settings, connect_timeout: float | None = None) -> JobStore:
+        """The store of ``settings``: its Redis, result TTL and blob store."""
+        return cls.from_url(
+            settings.redis_url,
+            settings.result_ttl,
+            connect_timeout=connect_timeout,
+            blobs=from_settings(settings),
+        )
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        ttl: int,
+        connect_timeout: float | None = None,
+        blobs: Blobs | None = None,
+    ) -> JobStore:
         """A store on the Redis at ``url``; ``connect_timeout`` bounds each connection attempt."""
         client = redis.Redis.from_url(
             url, health_check_interval=30, socket_connect_timeout=connect_timeout
         )
-        return cls(client, ttl)
+        return cls(client, ttl, blobs)
 
     @staticmethod
     def key(job_id: str, *parts: object) -> str:
@@ -110,6 +149,8 @@ class JobStore(WorkerRegistry):
     def close(self) -> None:
         """Release this store's connections."""
         self.redis.close()
+        if self.blobs is not None:
+            self.blobs.close()
 
     # --- creating and reading jobs -------------------------------------------------
 
@@ -131,14 +172,18 @@ class JobStore(WorkerRegistry):
         per part) with its input, all expiring after the TTL.
 
         ``strips`` are ``(plane, column, raw bytes)`` (see the key layout). One
-        transaction: a job is recorded whole or not at all.
+        transaction: a job is recorded whole or not at all (with a blob store, the
+        strips are written first and deleted again if the transaction fails).
         """
-        now = time.time()
         pipe = self.redis.pipeline(transaction=True)
-        for plane, column, data in strips:
-            pipe.set(self.key(job_id, "in", plane, column), data, ex=self.ttl)
+        if self.blobs is None:
+            for plane, column, data in strips:
+                pipe.set(self.key(job_id, "in", plane, column), data, ex=self.ttl)
+        else:
+            self.blobs.put_many(job_id, [(strip_name(p, c), data) for p, c, data in strips])
         for name, data in extras.items():
             pipe.set(self.key(job_id, "extra", name), data, ex=self.ttl)
+        now = time.time()
         record = {
             "status": JobStatus.PENDING.value,
             "owner": owner,
@@ -154,7 +199,12 @@ class JobStore(WorkerRegistry):
         pipe.expire(self.key(job_id), self.ttl)
         pipe.zadd(ACTIVE, {self.key(job_id): now + timeout})
         pipe.hincrby(STATS, f"jobs:{JobStatus.PENDING.value}", 1)
-        pipe.execute()
+        try:
+            pipe.execute()
+        except BaseException:
+            if self.blobs is not None:
+                self.blobs.remove_job(job_id)
+            raise
 
     def get(self, job_id: str) -> JobRecord | None:
         """The job, or ``None`` if it does not exist (or expired)."""
@@ -248,7 +298,10 @@ class JobStore(WorkerRegistry):
         status, created, params = self.redis.hmget(self.key(job_id), "status", "created", "params")
         if status is None or JobStatus(status.decode()).finished:
             return False
-        self.redis.set(self.key(job_id, "result"), result, ex=self.ttl)
+        if self.blobs is None:
+            self.redis.set(self.key(job_id, "result"), result, ex=self.ttl)
+        else:
+            self.blobs.put(job_id, RESULT, result)
         now = time.time()
         changed = self.transition(
             job_id,
@@ -267,9 +320,11 @@ class JobStore(WorkerRegistry):
             pipe.hincrbyfloat(STATS, stats.sum_field(kind, model), seconds)
             pipe.execute()
             self.drop_tiles(job_id)
-        else:
+        elif self.blobs is None:
             # cancelled between the check and the transition: the result must not outlive it
             self.redis.delete(self.key(job_id, "result"))
+        else:
+            self.blobs.delete(job_id, [RESULT])
         return changed
 
     def drop_tiles(self, job_id: str) -> None:
@@ -282,17 +337,23 @@ class JobStore(WorkerRegistry):
         doomed = [k for k in keys if k not in keep]
         if doomed:
             self.redis.delete(*doomed)
+        if self.blobs is not None:
+            self.blobs.drop(job_id, keep=[RESULT])
 
     def delete(self, job_id: str) -> None:
         """Delete everything of a job but its record (a cancelled job's status stays readable)."""
         keys = list(self.redis.scan_iter(match=self.key(job_id, "*"), count=1000))
         if keys:
             self.redis.delete(*keys)
+        if self.blobs is not None:
+            self.blobs.remove_job(job_id)
 
     # --- parts ----------------------------------------------------------------
 
     def read_strip(self, job_id: str, plane: int, column: int) -> bytes | None:
         """A whole input strip, or ``None`` once the job has dropped its tiles."""
+        if self.blobs is not None:
+            return self.blobs.get(job_id, strip_name(plane, column))
         value: bytes | None = self.redis.get(self.key(job_id, "in", plane, column))
         return value
 
@@ -310,7 +371,8 @@ class JobStore(WorkerRegistry):
     ) -> GroupStart:
         """Start a group of parts, in one round trip: count a delivery of each, note
         ``runner`` (``host:pid``) as running them, mark the job ``processing`` and
-        read their input windows (see :class:`GroupStart` for when it does not).
+        read their input windows (see :class:`GroupStart` for when it does not): inside
+        the script, or, with a blob store, from it once the script said go.
         """
         keys = [
             self.key(job_id),
@@ -318,13 +380,19 @@ class JobStore(WorkerRegistry):
             self.key(job_id, "running"),
             STATS,
         ]
-        keys += [self.key(job_id, "in", r.plane, r.column) for r in reads]
+        if self.blobs is None:
+            keys += [self.key(job_id, "in", r.plane, r.column) for r in reads]
         args: list[str | int | float] = [runner, self.ttl, time.time(), max_deliveries, len(reads)]
         for r in reads:
             args += [r.part, r.first, r.last]
         reply = self._begin_group(keys=keys, args=args)
         status = JobStatus(reply[0].decode()) if reply[0] else None
-        windows = [bytes(w) for w in reply[4:]] if len(reply) > 4 else None
+        windows: list[bytes] | None = None
+        if len(reply) > 4 and self.blobs is None:
+            windows = [bytes(w) for w in reply[5:]]
+        elif len(reply) > 4 and self.blobs is not None:
+            ranges = [(strip_name(r.plane, r.column), r.first, r.last) for r in reads]
+            windows = self.blobs.read_ranges(job_id, ranges)
         return GroupStart(status, float(reply[1]), int(reply[2]), int(reply[3]), windows)
 
     def record_outputs(
@@ -343,7 +411,8 @@ class JobStore(WorkerRegistry):
 
         Without ``keep`` the cores are not stored (the caller holds every part of
         the job and stitches them itself) and the job is never marked landed, so no
-        one else stitches it without them.
+        one else stitches it without them. With a blob store the cores are written
+        there first, and deleted again if the job turns out to have ended.
 
         Returns ``(parts done so far, whether this call landed the job's last part)``;
         ``(-1, False)``, with nothing stored, if the job has ended.
@@ -353,19 +422,29 @@ class JobStore(WorkerRegistry):
         """
         if len(seconds) != len(outputs):
             raise ValueError(f"{len(seconds)} timings for {len(outputs)} outputs")
+        where = "none" if not keep else "redis" if self.blobs is None else "blobs"
+        written = [(output_name(part), data) for part, data in outputs] if where == "blobs" else []
+        if self.blobs is not None and written:
+            self.blobs.put_many(job_id, written)
         keys = [self.key(job_id), self.key(job_id, "done"), self.key(job_id, "workers"), STATS]
-        keys += [self.key(job_id, "out", part) for part, _ in outputs]
         args: list[str | int | float | bytes] = [worker, self.ttl, time.time(), len(outputs)]
-        args += [model]
+        args += [model, where]
         args += [part for part, _ in outputs]
-        args += [data if keep else b"" for _, data in outputs]
         args += [stats.bucket_of(s, stats.TILE_BUCKETS) for s in seconds]
         args += [repr(float(s)) for s in seconds]
+        if where == "redis":
+            keys += [self.key(job_id, "out", part) for part, _ in outputs]
+            args += [data for _, data in outputs]
         done, landed = self._record_outputs(keys=keys, args=args)
+        if int(done) < 0 and self.blobs is not None and written:
+            # the job ended meanwhile: leave nothing behind
+            self.blobs.delete(job_id, [name for name, _ in written])
         return int(done), bool(landed)
 
     def read_outputs(self, job_id: str, parts: Iterable[int]) -> list[bytes | None]:
-        """The output cores of ``parts`` (npy bytes; ``None`` for one missing), in one round trip."""
+        """The output cores of ``parts`` (raw bytes; ``None`` for one missing), in one round trip."""
+        if self.blobs is not None:
+            return self.blobs.get_many(job_id, [output_name(p) for p in parts])
         values: list[bytes | None] = self.redis.mget([self.key(job_id, "out", p) for p in parts])
         return values
 
@@ -380,8 +459,19 @@ class JobStore(WorkerRegistry):
         return {int(k): v.decode() for k, v in raw.items()}
 
     def result(self, job_id: str) -> bytes | None:
+        """The encoded final image, whole."""
+        if self.blobs is not None:
+            return self.blobs.get(job_id, RESULT)
         value: bytes | None = self.redis.get(self.key(job_id, "result"))
         return value
+
+    def result_stream(self, job_id: str) -> tuple[int, Iterable[bytes]] | None:
+        """``(size, chunks)`` of the final image, for a download: from a blob store a
+        megabyte at a time, never whole in memory."""
+        if self.blobs is not None:
+            return self.blobs.stream(job_id, RESULT, RESULT_CHUNK)
+        data = self.result(job_id)
+        return None if data is None else (len(data), [data])
 
     # --- the periodic check ---------------------------------------------------------
 
@@ -414,6 +504,17 @@ class JobStore(WorkerRegistry):
     def mark_stitch_requested(self, job_id: str, when: float) -> None:
         """Note that a stitch was re-sent for the job at ``when``."""
         self.redis.hset(self.key(job_id), "stitch_requested", when)
+
+    def sweep_blobs(self) -> int:
+        """Delete blobs older than the result TTL (those of expired jobs, or left by a
+        process that died between a write and its script); returns how many went.
+
+        Any janitor may call it every round: one in the cluster sweeps per
+        :data:`~common.cluster.blobs.SWEEP_INTERVAL`, the others return 0.
+        """
+        if self.blobs is None or not self.redis.set(BLOB_SWEEP, 1, nx=True, ex=SWEEP_INTERVAL):
+            return 0
+        return self.blobs.sweep(self.ttl)
 
     # --- metrics ------------------------------------------------------------------
 
