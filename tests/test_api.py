@@ -635,3 +635,12 @@ def test_a_result_in_a_blob_folder_is_streamed_to_its_owner_only(
     assert client.delete(f"/result/{job_id}", headers=as_user(ALICE)).status_code == 200
     assert store.blobs.names(job_id) == []
     assert_error(client.get(f"/result/{job_id}/download", headers=as_user(ALICE)), 410, "gone")
+
+
+def test_a_blob_store_that_fails_is_a_503(make_app: Callable[..., Flask], tmp_path: Path) -> None:
+    root = tmp_path / "blobs"
+    app = make_app(blob_url=root.as_uri())
+    root.rmdir()
+    root.write_bytes(b"not a folder")  # every job folder under it now fails to be made
+    body = assert_error(post_sr(app.test_client(), ALICE, png(), tile_size=64), 503, "unavailable")
+    assert "blob store" in body["message"]

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from common.cluster import jobs
-from common.cluster.blobs import Blobs, open_blobs
+from common.cluster.blobs import Blobs, BlobUnavailable, open_blobs
 from common.cluster.blobs.files import FileBlobs
 from common.cluster.records import JobStatus, WindowRead
 from common.cluster.store import JobStore
@@ -128,7 +128,10 @@ def test_file_writes_are_atomic_under_concurrent_reads(tmp_path: Path) -> None:
     assert os.listdir(tmp_path / one) == ["out-0"], "no temporary file is left"
 
 
-def test_file_writes_racing_a_job_removal_never_fail(tmp_path: Path) -> None:
+def test_file_writes_racing_a_job_removal_land_whole_or_say_so(tmp_path: Path) -> None:
+    """A write racing the removal of its job's folder (a cancel) is written again; a write
+    that keeps losing raises BlobUnavailable (its task is redelivered and finds the job
+    ended). Either way nothing but whole blobs is ever there, and nothing stays."""
     blobs = FileBlobs(tmp_path)
     one = job()
     stop = threading.Event()
@@ -139,12 +142,21 @@ def test_file_writes_racing_a_job_removal_never_fail(tmp_path: Path) -> None:
 
     remover = threading.Thread(target=remove)
     remover.start()
+    landed = 0
     try:
         for i in range(300):
-            blobs.put(one, f"out-{i % 4}", b"x" * 20_000)
+            try:
+                blobs.put(one, f"out-{i % 4}", b"x" * 20_000)
+                landed += 1
+            except BlobUnavailable:
+                pass
+            assert blobs.get(one, f"out-{i % 4}") in (None, b"x" * 20_000)
     finally:
         stop.set()
         remover.join()
+    assert landed > 0
+    blobs.remove_job(one)
+    assert not (tmp_path / one).exists()
 
 
 def test_blob_urls_are_checked_at_start() -> None:
@@ -279,3 +291,20 @@ def test_the_one_group_stitch_stores_no_cores(
     result = store.result(prepared.job_id)
     assert result is not None and len(result) == record.output["size"]
     assert result.startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_a_worker_looking_elsewhere_for_the_bytes_fails_the_job_plainly(
+    tmp_path: Path, redis_url: str, settings: Settings, model_registry: Registry, photo
+) -> None:
+    """An API with file blobs and a worker without (or the other way round): the job fails
+    at once, naming the setting, rather than waiting for its timeout."""
+    url = with_db(redis_url, STORE_DB)
+    api_side = JobStore.from_url(url, 60, blobs=FileBlobs(tmp_path))
+    worker_side = JobStore.from_url(url, 60)
+    params = parse_params(model=COMPACT, tile_size=32)
+    prepared = jobs.prepare(encode(photo[:64, :64], "png"), params, settings, model_registry)
+    jobs.submit(api_side, prepared, params, owner="o", owner_name="alice", timeout=120)
+    assert not jobs.run_group(worker_side, settings, prepared.job_id, 0, "w", jobs.PlanCache())
+    record = worker_side.get(prepared.job_id)
+    assert record is not None and record.status is JobStatus.FAILED
+    assert record.error_code == "misconfigured" and "SRCLUSTER_BLOB_URL" in (record.error or "")

@@ -228,7 +228,11 @@ def run_group(
             "finished (it stops the worker that runs it)",
         )
         return False
-    if not all(start.windows):  # the job ended (and dropped its input) meanwhile
+    if not all(start.windows):  # the job ended (and dropped its input) meanwhile, or
+        problem = store.misplaced(job_id)  # its input is where this worker does not look
+        if problem is not None:
+            log.error("job %s: %s", job_id, problem)
+            store.fail(job_id, "misconfigured", problem)
         return False
     tiles = plan.tiles
     shape = (tiles.window_height, tiles.window_width, 3)

@@ -10,6 +10,7 @@ every one with the result TTL::
                       landed            when the last part's output landed (the stitch should follow)
                       stitch_requested  when the janitor last re-sent a stitch for it
                       stitches          how many stitches ended the job (1; more would be a bug)
+                      blobs             where its bytes are: redis, file or the s3:// URL
     P:done          set of finished part numbers (SADD is idempotent under redelivery; SCARD is progress)
     P:in:<p>:<c>    column strip ``c`` of plane ``p``'s reflection-extended input: raw C-order
                     (rows, window width, 3) pixels, so a window is one contiguous byte range
@@ -138,6 +139,22 @@ class JobStore(WorkerRegistry):
         )
         return cls(client, ttl, blobs)
 
+    @property
+    def blob_kind(self) -> str:
+        """Where this store keeps bytes: ``redis``, ``file`` or the ``s3://`` URL."""
+        return "redis" if self.blobs is None else self.blobs.kind
+
+    def misplaced(self, job_id: str) -> str | None:
+        """Why this store cannot find the job's bytes (the job was recorded by a process
+        with another ``SRCLUSTER_BLOB_URL``), or ``None`` when that is not the reason."""
+        recorded = self.redis.hget(self.key(job_id), "blobs")
+        if recorded is None or recorded.decode() == self.blob_kind:
+            return None
+        return (
+            f"the job's tiles are in {recorded.decode()} but this worker's are in "
+            f"{self.blob_kind}: every process needs the same SRCLUSTER_BLOB_URL"
+        )
+
     @staticmethod
     def key(job_id: str, *parts: object) -> str:
         return PREFIX + job_id + "".join(f":{p}" for p in parts)
@@ -194,6 +211,7 @@ class JobStore(WorkerRegistry):
             "groups": parts if groups is None else groups,
             "created": now,
             "deadline": now + timeout,
+            "blobs": self.blob_kind,
         }
         pipe.hset(self.key(job_id), mapping=record)
         pipe.expire(self.key(job_id), self.ttl)

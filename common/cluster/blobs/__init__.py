@@ -70,6 +70,10 @@ class Blobs(ABC):
     url: str
     """Where the blobs are, as configured (no secrets: credentials come from elsewhere)."""
 
+    kind: str
+    """What every process of a cluster must agree on (recorded in each job): ``file``
+    (hosts may mount the shared folder at different paths) or the ``s3://`` URL."""
+
     @abstractmethod
     def put(self, job_id: str, name: str, data: bytes) -> None:
         """Store ``data`` as the job's blob ``name``, replacing it whole if it exists."""

@@ -31,8 +31,9 @@ from common.cluster.blobs import RESULT, Blobs, BlobUnavailable
 JOB_FOLDER = re.compile(r"^[0-9a-f]{32}$")
 """A job's folder name (``uuid4().hex``); the sweep touches nothing else in the root."""
 
-WRITE_ATTEMPTS = 3
-"""Tries of one write whose temporary file vanished (the job's folder was dropped meanwhile)."""
+WRITE_ATTEMPTS = 5
+"""Tries of one write whose temporary file vanished (the job's folder was dropped meanwhile);
+then :class:`BlobUnavailable`: the task is redelivered, and finds its job ended."""
 
 
 class FileBlobs(Blobs):
@@ -41,6 +42,7 @@ class FileBlobs(Blobs):
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
         self.url = self.root.as_uri()
+        self.kind = "file"
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as error:

@@ -54,7 +54,7 @@ class S3Blobs(Blobs):
             ) from error
         self.bucket = bucket
         self.prefix = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
-        self.url = f"s3://{bucket}/{self.prefix}"
+        self.url = self.kind = f"s3://{bucket}/{self.prefix}"
         config = botocore.config.Config(
             max_pool_connections=THREADS * 2,
             retries={"max_attempts": 5, "mode": "standard"},
