@@ -3,7 +3,7 @@
 They call the same functions as :func:`common.pipeline.run_plan`, in the same
 order, so a job run across hosts gives the local pipeline's pixels exactly.
 The Celery tasks and Flask routes only move arguments to and from here, and
-every Redis read or write goes through :class:`~common.cluster.store.JobStore`.
+every Redis or blob read or write goes through :class:`~common.cluster.store.JobStore`.
 
 The input is stored once, as column strips of each plane's reflection-extended
 image (:func:`window_read` finds a window's bytes in them), so the API cuts no
