@@ -53,9 +53,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["srcluster"] = Services(
         settings=settings,
         tokens=tokens,
-        store=JobStore.from_url(
-            settings.redis_url, settings.result_ttl, connect_timeout=REDIS_CONNECT_TIMEOUT
-        ),
+        store=JobStore.from_settings(settings, connect_timeout=REDIS_CONNECT_TIMEOUT),
         registry=Registry(settings),
         sender=TaskSender(settings),
         version=_version(),

@@ -8,7 +8,7 @@ The API's own errors extend :mod:`common.errors`'s tree::
     |   +-- NotFound            no such job, or another token's (404)
     |   +-- NotReady            the job has no result yet (409)
     |   +-- Gone                the job's result was deleted or expired (410)
-    +-- Unavailable             Redis does not answer (503)
+    +-- Unavailable             Redis or the blob store does not answer (503)
 
 werkzeug's HTTP exceptions (unknown route, wrong method, body over
 ``MAX_CONTENT_LENGTH``) get the same shape; anything unexpected is logged and
@@ -23,6 +23,7 @@ import redis
 from flask import Flask, Response, current_app, jsonify
 from werkzeug.exceptions import HTTPException
 
+from common.cluster.blobs import BlobUnavailable
 from common.errors import InputError, SrclusterError
 
 
@@ -55,7 +56,7 @@ class Gone(InputError):
 
 
 class Unavailable(SrclusterError):
-    """A service the API needs (Redis) does not answer; retry later."""
+    """A service the API needs (Redis, the blob store) does not answer; retry later."""
 
     code = "unavailable"
     http_status = 503
@@ -106,6 +107,11 @@ def _from_redis(error: redis.RedisError) -> Response:
     return _from_srcluster(Unavailable("the job store (Redis) does not answer; try again later"))
 
 
+def _from_blobs(error: BlobUnavailable) -> Response:
+    current_app.logger.warning("blob store error: %s", error)
+    return _from_srcluster(Unavailable("the blob store does not answer; try again later"))
+
+
 def _from_anything(error: Exception) -> Response:
     current_app.logger.exception("unexpected error", exc_info=error)
     return error_response(500, "internal", "internal error; the server log has the details")
@@ -116,4 +122,5 @@ def register(app: Flask) -> None:
     app.register_error_handler(SrclusterError, _from_srcluster)
     app.register_error_handler(HTTPException, _from_http)
     app.register_error_handler(redis.RedisError, _from_redis)
+    app.register_error_handler(BlobUnavailable, _from_blobs)
     app.register_error_handler(Exception, _from_anything)

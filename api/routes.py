@@ -236,11 +236,14 @@ def download(job_id: str) -> Response:
             status=record.status.value,
             progress={"done": record.done, "total": record.parts},
         )
-    data = services().store.result(job_id)
-    if data is None:
+    # from a blob store in chunks, never whole in memory; the owner's token was checked above
+    found = services().store.result_stream(job_id)
+    if found is None:
         raise Gone("the result was deleted or has expired", status=record.status.value)
+    size, chunks = found
     fmt = record.output.get("format") or record.plan.get("format") or "png"
-    response = Response(data, mimetype=record.output.get("content_type", "image/png"))
+    response = Response(chunks, mimetype=record.output.get("content_type", "image/png"))
+    response.content_length = size
     response.headers["Content-Disposition"] = f'attachment; filename="{job_id}{extension(fmt)}"'
     return response
 

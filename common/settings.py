@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
+from urllib.parse import urlsplit
 
 from common.errors import ConfigError
 
@@ -106,6 +107,12 @@ class Settings:
 
     redis_url: str = ""
     """Broker, result backend and job store; empty: ``srcluster up`` and the tests start an embedded Redis."""
+
+    blob_url: str = ""
+    """Where input strips, output tiles and results live: empty (in Redis), ``file:///path`` (a folder every process shares) or ``s3://bucket/prefix``."""
+
+    s3_endpoint_url: str = ""
+    """The S3 API's address for ``s3://`` blobs (MinIO: ``http://minio:9000``); empty: AWS. Credentials: the standard ``AWS_*`` variables."""
 
     tokens: str = ""
     """API tokens as ``name:token`` pairs separated by commas (a bare token is named ``default``)."""
@@ -262,8 +269,29 @@ class Settings:
             raise ConfigError("SRCLUSTER_PARTS_PER_GROUP must be 0 (automatic) or positive")
         if self.max_deliveries < 1:
             raise ConfigError("SRCLUSTER_MAX_DELIVERIES must be at least 1")
+        if self.blob_url:
+            check_blob_url(self.blob_url)
         self.token_names()
         self.cors_origin_list()
+
+
+def check_blob_url(url: str) -> None:
+    """Raise :class:`ConfigError` unless ``url`` is ``file:///absolute/path`` or
+    ``s3://bucket[/prefix]`` (see :mod:`common.cluster.blobs`)."""
+    parts = urlsplit(url)
+    if parts.scheme == "file":
+        if parts.netloc or not parts.path.startswith("/") or not parts.path.strip("/"):
+            raise ConfigError(
+                "SRCLUSTER_BLOB_URL: a folder is file:///absolute/path (three slashes)", value=url
+            )
+    elif parts.scheme == "s3":
+        if not parts.netloc or parts.query or parts.fragment:
+            raise ConfigError("SRCLUSTER_BLOB_URL: S3 is s3://bucket/prefix", value=url)
+    else:
+        raise ConfigError(
+            "SRCLUSTER_BLOB_URL must be empty (Redis), file:///path or s3://bucket/prefix",
+            value=url,
+        )
 
 
 def _parse(name: str, raw: str, kind: Any) -> Any:

@@ -9,6 +9,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
@@ -43,6 +44,12 @@ def redis_for_tests(folder: Path) -> Iterator[str]:
         return
     with EmbeddedRedis(folder) as server:
         yield server.url
+
+
+def with_db(url: str, db: int) -> str:
+    """``url`` with Redis database ``db``: a cluster of its own (queues, jobs, heartbeats) on
+    the same server."""
+    return urlunsplit(urlsplit(url)._replace(path=f"/{db}"))
 
 
 def child_env(settings: Settings) -> dict[str, str]:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 # --- models: shared converted models (common.ncnn, common.models) -----------
 import dataclasses
+import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -13,7 +15,8 @@ import pytest
 
 from common.models import Registry
 from common.settings import Settings
-from tests.cluster import ApiServer, WorkerProcess, redis_for_tests
+from tests import s3
+from tests.cluster import ApiServer, WorkerProcess, redis_for_tests, with_db
 from tests.tokens import TOKENS
 
 
@@ -106,3 +109,77 @@ def api(cluster_settings: Settings, logs: Path) -> Iterator[ApiServer]:
     server = ApiServer(cluster_settings, logs).wait_ready()
     yield server
     server.stop()
+
+
+# --- blob stores: the same cluster with its bytes in a folder or in S3 -------------
+
+BLOB_KINDS = ("redis", "file", "s3")
+"""Where a cluster keeps tile and result bytes: its Redis (the default), a folder, S3."""
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[s3.S3Server]:
+    """A real S3 server (MinIO when installed, else moto's) with a test bucket; skips without."""
+    reason = s3.unavailable()
+    if reason is not None:
+        pytest.skip(f"no S3 server can run here: {reason}")
+    server = s3.start(tmp_path_factory.mktemp("s3"))
+    yield server
+    server.stop()
+
+
+def blob_settings(
+    kind: str, base: Settings, request: pytest.FixtureRequest, folder: Path, db: int
+) -> Settings:
+    """``base`` with its bytes kept per ``kind`` (one of :data:`BLOB_KINDS`): for a folder or
+    S3, also on Redis database ``db``, so its workers never take another cluster's tasks."""
+    if kind == "redis":
+        return base
+    moved = dataclasses.replace(base, redis_url=with_db(base.redis_url, db))
+    if kind == "file":
+        return dataclasses.replace(moved, blob_url=(folder / "blobs").as_uri())
+    server: s3.S3Server = request.getfixturevalue("s3_server")
+    return dataclasses.replace(
+        moved,
+        blob_url=f"s3://{s3.BUCKET}/{folder.name}-{uuid.uuid4().hex[:8]}",
+        s3_endpoint_url=server.endpoint_url,
+    )
+
+
+@dataclass
+class Cluster:
+    """An API and a worker sharing one Redis and one place for bytes."""
+
+    kind: str
+    settings: Settings
+    api: ApiServer
+    worker: WorkerProcess
+
+
+@pytest.fixture(scope="session", params=BLOB_KINDS)
+def blob_cluster(
+    request: pytest.FixtureRequest,
+    cluster_settings: Settings,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Cluster]:
+    """The session's cluster (bytes in Redis), then one with file blobs, then one with S3."""
+    kind = request.param
+    if kind == "redis":
+        yield Cluster(
+            kind,
+            cluster_settings,
+            request.getfixturevalue("api"),
+            request.getfixturevalue("worker"),
+        )
+        return
+    folder = tmp_path_factory.mktemp(f"{kind}-cluster")
+    settings = blob_settings(kind, cluster_settings, request, folder, BLOB_KINDS.index(kind))
+    api = ApiServer(settings, folder).wait_ready()
+    try:
+        worker = WorkerProcess(settings, f"{kind}-blobs", folder).wait_ready()
+    except BaseException:
+        api.stop()
+        raise
+    yield Cluster(kind, settings, api, worker)
+    worker.stop()
+    api.stop()

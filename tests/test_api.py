@@ -6,6 +6,7 @@ import dataclasses
 import fnmatch
 import http.server
 import io
+import os
 import re
 import threading
 import tomllib
@@ -668,3 +669,31 @@ def test_odd_values_are_never_500(client: FlaskClient, field: str) -> None:
         assert reply.status_code in (202, 413, 422), (field, value, reply.json)
         if reply.status_code != 202:
             assert_error(reply, reply.status_code, reply.json["code"])
+
+
+def test_a_result_in_a_blob_folder_is_streamed_to_its_owner_only(
+    make_app: Callable[..., Flask], tmp_path: Path
+) -> None:
+    app = make_app(blob_url=(tmp_path / "blobs").as_uri())
+    client = app.test_client()
+    store: JobStore = app.extensions["srcluster"].store
+    job_id = submit(client, ALICE)
+    assert store.blobs is not None and any(n.startswith("in-") for n in store.blobs.names(job_id))
+    image = os.urandom(5 * 2**20 + 3)  # several chunks of the stream
+    assert store.succeed(job_id, image, {"size": len(image), "content_type": "image/png"})
+    assert_error(client.get(f"/result/{job_id}/download", headers=as_user(BOB)), 404, "not_found")
+    reply = client.get(f"/result/{job_id}/download", headers=as_user(ALICE))
+    assert reply.status_code == 200 and reply.content_length == len(image)
+    assert reply.data == image and reply.mimetype == "image/png"
+    assert client.delete(f"/result/{job_id}", headers=as_user(ALICE)).status_code == 200
+    assert store.blobs.names(job_id) == []
+    assert_error(client.get(f"/result/{job_id}/download", headers=as_user(ALICE)), 410, "gone")
+
+
+def test_a_blob_store_that_fails_is_a_503(make_app: Callable[..., Flask], tmp_path: Path) -> None:
+    root = tmp_path / "blobs"
+    app = make_app(blob_url=root.as_uri())
+    root.rmdir()
+    root.write_bytes(b"not a folder")  # every job folder under it now fails to be made
+    body = assert_error(post_sr(app.test_client(), ALICE, png(), tile_size=64), 503, "unavailable")
+    assert "blob store" in body["message"]

@@ -3,14 +3,20 @@
 What a user must be able to rely on: an upload gives exactly the local
 pipeline's pixels, whichever workers ran its tiles; progress rises to the tile
 count; a cancelled job stops and its data is gone; nobody reads another's job.
+The tests of those that depend on where the bytes live run three times
+(``blob_cluster``): bytes in Redis, in a folder, in S3.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
+import uuid
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import cv2
 import numpy as np
@@ -20,13 +26,14 @@ import requests
 from celery import Celery
 
 from common.cluster.protocol import STITCH_TASK, TILE_TASK, celery_config
-from common.cluster.store import JobStore
+from common.cluster.store import BLOB_SWEEP, JobStore
 from common.imageio import decode, encode
 from common.params import parse_params
 from common.pipeline import upscale_bytes
 from common.settings import Settings
 from srcluster.client import Client
 from tests.cluster import ROOT, ApiServer, WorkerProcess, child_env, wait_for
+from tests.conftest import Cluster
 from tests.tokens import ALICE, BOB
 
 COMPACT = "realesr-animevideov3"
@@ -73,9 +80,8 @@ def inputs(photo: np.ndarray) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("kind", ["rgb", "rgba", "rgb16", "gray"])
-def test_upload_is_pixel_identical_to_local_pipeline(
-    api, worker, cluster_settings, photo, kind
-) -> None:
+def test_upload_is_pixel_identical_to_local_pipeline(blob_cluster: Cluster, photo, kind) -> None:
+    api, cluster_settings = blob_cluster.api, blob_cluster.settings
     data = inputs(photo)[kind]
     job_id = submit(api, data, tile_size=32)
     body = wait_done(api, job_id)
@@ -89,6 +95,13 @@ def test_upload_is_pixel_identical_to_local_pipeline(
     assert remote.dtype == expected.dtype and remote.shape == expected.shape
     np.testing.assert_array_equal(remote, expected)
     assert (body["width"], body["height"]) == (expected.shape[1], expected.shape[0])
+    if blob_cluster.kind != "redis":  # the bytes went to the blob store, not through Redis
+        store = JobStore.from_settings(cluster_settings)
+        keys = [k.decode() for k in store.redis.scan_iter(match=store.key(job_id, "*"))]
+        assert not [k for k in keys if ":in:" in k or ":out:" in k or k.endswith(":result")]
+        assert store.blobs is not None and store.blobs.names(job_id) == ["result"]
+        assert store.result(job_id) == reply.content
+        store.close()
 
 
 def test_scale_resize_and_format_match_local(api, worker, cluster_settings, photo) -> None:
@@ -139,9 +152,8 @@ def test_progress_rises_to_the_tile_count(api, worker, photo) -> None:
     assert any(0 < done < total for done in seen), f"saw only {sorted(set(seen))}"
 
 
-def test_cancel_stops_a_running_job_and_deletes_its_data(
-    api, worker, cluster_settings, photo
-) -> None:
+def test_cancel_stops_a_running_job_and_deletes_its_data(blob_cluster: Cluster, photo) -> None:
+    api, cluster_settings = blob_cluster.api, blob_cluster.settings
     data = encode(np.resize(photo, (384, 384, 3)).astype(np.uint8), "png")
     job_id = submit(api, data, tile_size=32)
     wait_for(lambda: result(api, job_id)["progress"]["done"] >= 2, 60, "two tiles done")
@@ -157,10 +169,14 @@ def test_cancel_stops_a_running_job_and_deletes_its_data(
     client = redis.Redis.from_url(cluster_settings.redis_url)
     leftovers = [k.decode() for k in client.scan_iter(match=f"srcluster:job:{job_id}:*")]
     assert not [k for k in leftovers if ":in:" in k or ":out:" in k or k.endswith(":result")]
+    store = JobStore.from_settings(cluster_settings)
+    assert store.blobs is None or store.blobs.names(job_id) == [], "no blob is left either"
+    store.close()
     assert download(api, job_id).status_code == 409
 
 
-def test_another_token_sees_nothing(api, worker, photo) -> None:
+def test_another_token_sees_nothing(blob_cluster: Cluster, photo) -> None:
+    api = blob_cluster.api
     job_id = submit(api, inputs(photo)["rgb"], tile_size=32)
     wait_done(api, job_id)
     for method, path in (("GET", ""), ("GET", "/download"), ("DELETE", "")):
@@ -212,3 +228,21 @@ def test_index_reports_what_each_worker_runs(api, worker, photo) -> None:
     # e.g. "openvino bf16 on CPU (Intel Xeon), 2 threads": engine, precision and threads named
     precisions = ("fp32", "bf16", "fp16")
     assert any(any(p in d for p in precisions) and "thread" in d for d in described), described
+
+
+@pytest.mark.parametrize("blob_cluster", ["file"], indirect=True)
+def test_a_janitor_sweeps_blob_folders_older_than_the_result_ttl(blob_cluster: Cluster) -> None:
+    """Blobs a dead process left behind (or of a job whose record expired) do not pile up."""
+    settings = blob_cluster.settings
+    root = Path(urlsplit(settings.blob_url).path)
+    old, fresh = root / uuid.uuid4().hex, root / uuid.uuid4().hex
+    for folder in (old, fresh):
+        folder.mkdir()
+        (folder / "out-0").write_bytes(b"left behind")
+    long_ago = time.time() - settings.result_ttl - 60
+    os.utime(old, (long_ago, long_ago))
+    store = JobStore.from_settings(settings)
+    store.redis.delete(BLOB_SWEEP)  # this session's janitors swept already: let one sweep now
+    wait_for(lambda: not old.exists(), 30, "a janitor to sweep the old folder")
+    assert fresh.exists(), "a recent folder stays"
+    store.close()

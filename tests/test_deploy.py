@@ -1,4 +1,5 @@
-"""The deploy files hold together: Kubernetes manifests, the KEDA autoscaler, the Grafana dashboard.
+"""The deploy files hold together: Kubernetes manifests, the KEDA autoscaler, the Grafana
+dashboard, compose's profiles and the list of settings.
 
 No cluster is needed: the manifests are parsed and cross-checked (names,
 selectors, the Secret's keys, the queue the autoscaler reads), ``kubectl
@@ -9,6 +10,7 @@ checked too, in ``tests/test_metrics.py``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -23,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from api.metrics import families
 from common.cluster.stats import Histogram, Snapshot
+from common.settings import ENV_PREFIX, Settings
 from tests.cluster import ROOT
 
 K8S = ROOT / "deploy" / "k8s"
@@ -155,3 +158,29 @@ def test_the_dashboard_asks_only_for_exported_series() -> None:
     asked = dashboard_metric_names()
     exported = exported_names()
     assert asked and asked <= exported, asked - exported
+
+
+# --- settings and compose ------------------------------------------------------------
+
+
+def test_every_setting_is_in_the_env_example_and_the_readme() -> None:
+    env = (ROOT / "deploy" / ".env.example").read_text()
+    readme = (ROOT / "README.md").read_text()
+    for f in dataclasses.fields(Settings):
+        name = ENV_PREFIX + f.name.upper()
+        assert re.search(rf"^{name}=", env, re.MULTILINE), f"{name} missing in .env.example"
+        assert f"`{name}`" in readme, f"{name} missing in the README's settings"
+
+
+def test_compose_has_minio_under_the_s3_profile_before_the_services_start() -> None:
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    services = compose["services"]
+    assert services["minio"]["profiles"] == ["s3"] == services["minio-init"]["profiles"]
+    for name in ("api", "worker", "flower"):
+        needs = services[name]["depends_on"]
+        assert needs["minio-init"] == {
+            "condition": "service_completed_successfully",
+            "required": False,
+        }, "without the profile nothing waits for MinIO"
+        assert "blobs:/blobs" in services[name]["volumes"], "file:///blobs is shared"
+    assert {"blobs", "minio"} <= set(compose["volumes"])

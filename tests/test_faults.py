@@ -2,7 +2,8 @@
 
 The module has its own Redis and API (the session's cluster must not see these
 kills) and a short visibility timeout, so a message held by a dead worker comes
-back within seconds instead of the production default.
+back within seconds instead of the production default. The killed-worker tests
+also run with the bytes in a blob folder and in S3 (``fault_blobs``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from common.pipeline import upscale_bytes
 from common.settings import Settings
 from srcluster.client import Client
 from tests.cluster import ApiServer, WorkerProcess, wait_for
+from tests.conftest import blob_settings
 from tests.tokens import ALICE
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -44,8 +46,20 @@ def fault_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRe
 
 
 @pytest.fixture(scope="module")
-def fault_settings(cluster_settings: Settings, fault_redis: EmbeddedRedis) -> Settings:
-    return dataclasses.replace(
+def fault_blobs(request: pytest.FixtureRequest) -> str:
+    """Where the module's jobs keep their bytes: Redis unless a test asks for a blob store."""
+    return getattr(request, "param", "redis")
+
+
+@pytest.fixture(scope="module")
+def fault_settings(
+    cluster_settings: Settings,
+    fault_redis: EmbeddedRedis,
+    fault_blobs: str,
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Settings:
+    base = dataclasses.replace(
         cluster_settings,
         redis_url=fault_redis.url,
         visibility_timeout=6,
@@ -54,6 +68,10 @@ def fault_settings(cluster_settings: Settings, fault_redis: EmbeddedRedis) -> Se
         # these tests need jobs that run past their timeout, which the estimate would refuse
         estimate_check=False,
     )
+    # its own Redis already: keep database 0 (the Redis restart test counts on it)
+    folder = tmp_path_factory.mktemp(f"fault-{fault_blobs}")
+    moved = blob_settings(fault_blobs, base, request, folder, db=0)
+    return dataclasses.replace(moved, redis_url=base.redis_url)
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +100,7 @@ def start_worker(fault_settings: Settings, tmp_path: Path) -> Iterator[Any]:
 
 @pytest.fixture
 def store(fault_settings: Settings) -> JobStore:
-    return JobStore.from_url(fault_settings.redis_url, 60)
+    return JobStore.from_settings(dataclasses.replace(fault_settings, result_ttl=60))
 
 
 def image(width: int = 768, height: int = 512, seed: int = 0) -> bytes:
@@ -123,8 +141,11 @@ def assert_identical_and_stitched_once(
         decode(downloaded, 1 << 30).pixels, decode(expected, 1 << 30).pixels
     )
     assert store.get(job_id).stitches == 1  # type: ignore[union-attr]
+    if store.blobs is not None:  # the dead process's blobs went with the others
+        assert store.blobs.names(job_id) == ["result"]
 
 
+@pytest.mark.parametrize("fault_blobs", ["redis", "file", "s3"], indirect=True)
 def test_pool_child_killed_mid_tile(fault_api, fault_settings, store, start_worker) -> None:
     worker = start_worker("child")
     data = image()
@@ -138,6 +159,7 @@ def test_pool_child_killed_mid_tile(fault_api, fault_settings, store, start_work
     )
 
 
+@pytest.mark.parametrize("fault_blobs", ["redis", "file"], indirect=True)
 def test_whole_worker_killed_mid_image(fault_api, fault_settings, store, start_worker) -> None:
     doomed = start_worker("doomed")
     survivor = start_worker("survivor")

@@ -50,7 +50,7 @@ def store() -> JobStore:
     """This process's job store (one Redis connection pool per process)."""
     global _store
     if _store is None:
-        _store = JobStore.from_url(_settings.redis_url, _settings.result_ttl)
+        _store = JobStore.from_settings(_settings)
     return _store
 
 
@@ -112,14 +112,15 @@ def _start_janitor(sender: Any = None, **_: Any) -> None:
 
 
 def _janitor(name: str, slots: int) -> None:
-    """Announce this worker and end overdue jobs, forever (a daemon thread of the main process).
+    """Announce this worker, end overdue jobs, re-send lost stitches and sweep old blobs,
+    forever (a daemon thread of the main process).
 
     The announcement carries what one pool process may spend on a window (this
     host's memory shared out among them), so the API plans windows that fit the
     smallest worker up.
     """
     s = settings()
-    janitor_store = JobStore.from_url(s.redis_url, s.result_ttl)
+    janitor_store = JobStore.from_settings(s)
     window_budget = memory.inference_budget(processes=max(1, _pool_processes))
     memory_key = _memory_key(s)
     while True:
@@ -137,6 +138,9 @@ def _janitor(name: str, slots: int) -> None:
                 log.warning("job %s: every tile is done but no stitch came; sending one", job_id)
                 app.send_task(STITCH_TASK, args=(job_id,), queue=s.stitch_queue)
             janitor_store.forget_dead_workers()
+            swept = janitor_store.sweep_blobs()
+            if swept:
+                log.info("swept %d blob folder(s) or object(s) older than the result TTL", swept)
         except Exception:  # Redis restarting: try again next round
             log.warning("janitor round failed", exc_info=True)
         time.sleep(s.janitor_interval)

@@ -9,6 +9,7 @@ import redis
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 
 from common.cluster import jobs
+from common.cluster.blobs import BlobUnavailable
 from common.cluster.protocol import STITCH_TASK, TILE_TASK, stitch_task_id
 from worker.app import app
 from worker.runtime import plans, settings, store, takes_stitches
@@ -39,10 +40,10 @@ def upscale_tiles(self: Any, job_id: str, group: int) -> None:
             stitch_here=stitch_here,
         ):
             ask_for_stitch(job_id)
-    except (redis.ConnectionError, redis.TimeoutError) as error:
-        # Redis is restarting: the job is not at fault; give the message back (or, if
-        # even that fails, the broker restores it after the visibility timeout)
-        raise Reject(f"Redis unavailable: {error}", requeue=True) from error
+    except (redis.ConnectionError, redis.TimeoutError, BlobUnavailable) as error:
+        # Redis (or the blob store) is restarting: the job is not at fault; give the message
+        # back (or, if even that fails, the broker restores it after the visibility timeout)
+        raise Reject(f"store unavailable: {error}", requeue=True) from error
     except SoftTimeLimitExceeded:
         store().fail(job_id, "tile_timeout", f"tile group {group} ran past {LIMIT * 0.9:.0f} s")
     except Exception as error:  # a failed tile must end its job, not leave it waiting
@@ -59,8 +60,8 @@ def stitch(self: Any, job_id: str) -> None:
         jobs.stitch(store(), settings(), job_id)
     except jobs.TilesPending:
         raise self.retry(countdown=1) from None
-    except (redis.ConnectionError, redis.TimeoutError) as error:
-        raise Reject(f"Redis unavailable: {error}", requeue=True) from error
+    except (redis.ConnectionError, redis.TimeoutError, BlobUnavailable) as error:
+        raise Reject(f"store unavailable: {error}", requeue=True) from error
     except Exception as error:
         log.exception("stitch of job %s failed", job_id)
         store().fail(job_id, "internal", f"stitching failed: {type(error).__name__}: {error}")

@@ -1,11 +1,15 @@
 """The cluster's Redis side: the job store, the steps of a job, the embedded server.
 
 This is the only part of :mod:`common` that does network I/O, and the only
-place in the whole tree that reads or writes Redis (``store``). It builds on
-the pure core (tiling, engines, image I/O) and imports neither Flask nor
-Celery: the API (``api/``) and the worker (``worker/``) are shells around it.
+place in the whole tree that reads or writes Redis (``store``) or a blob store
+(``blobs``, through the store). It builds on the pure core (tiling, engines,
+image I/O) and imports neither Flask nor Celery: the API (``api/``) and the
+worker (``worker/``) are shells around it.
 
-- :mod:`common.cluster.store`: every Redis key and command of jobs and workers.
+- :mod:`common.cluster.store`: every Redis key and command of jobs (and their blobs).
+- :mod:`common.cluster.records`: a job's record and status, the values the store returns.
+- :mod:`common.cluster.workers`: the workers' heartbeats, tile processes and engines.
+- :mod:`common.cluster.blobs`: tile and result bytes in a shared folder or S3 instead of Redis.
 - :mod:`common.cluster.jobs`: prepare, submit, run a part, stitch, and the janitor's checks.
 - :mod:`common.cluster.stats`: the counters and latency histograms behind ``GET /metrics``.
 - :mod:`common.cluster.protocol`: task names and ids, queues, Celery's wire settings.

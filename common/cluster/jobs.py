@@ -3,7 +3,7 @@
 They call the same functions as :func:`common.pipeline.run_plan`, in the same
 order, so a job run across hosts gives the local pipeline's pixels exactly.
 The Celery tasks and Flask routes only move arguments to and from here, and
-every Redis read or write goes through :class:`~common.cluster.store.JobStore`.
+every Redis or blob read or write goes through :class:`~common.cluster.store.JobStore`.
 
 The input is stored once, as column strips of each plane's reflection-extended
 image (:func:`window_read` finds a window's bytes in them), so the API cuts no
@@ -261,7 +261,11 @@ def run_group(
             "finished (it stops the worker that runs it)",
         )
         return False
-    if not all(start.windows):  # the job ended (and dropped its input) meanwhile
+    if not all(start.windows):  # the job ended (and dropped its input) meanwhile, or
+        problem = store.misplaced(job_id)  # its input is where this worker does not look
+        if problem is not None:
+            log.error("job %s: %s", job_id, problem)
+            store.fail(job_id, "misconfigured", problem)
         return False
     tiles = plan.tiles
     shape = (tiles.window_height, tiles.window_width, 3)
@@ -385,11 +389,11 @@ def stitch(
             stored = iter(store.read_outputs(job_id, [n for n in parts if n not in known]))
             for tile, part in zip(group, parts, strict=True):
                 data = known[part] if part in known else next(stored)
-                if data is None:
+                shape = (tile.height * plan.model_scale, tile.width * plan.model_scale, channels)
+                if data is None or len(data) != np.prod(shape) * plan.numpy_dtype.itemsize:
                     if store.status(job_id) in (JobStatus.PENDING, JobStatus.PROCESSING):
                         store.fail(job_id, "lost_tile", f"the output of tile {part} is missing")
                     return False
-                shape = (tile.height * plan.model_scale, tile.width * plan.model_scale, channels)
                 canvas.paste(tile, np.frombuffer(data, plan.numpy_dtype).reshape(shape))
         canvases.append(canvas.pixels)
     alpha_data = store.read_extra(job_id, "alpha")

@@ -32,12 +32,14 @@ return 1
 """
 
 
-# KEYS: job hash, deliveries hash, running hash, stats hash, then one input strip per part.
+# KEYS: job hash, deliveries hash, running hash, stats hash, then one input strip per part
+# when the strips are in Redis (none when they are in a blob store).
 # ARGV: runner, ttl, now, max deliveries, n, then (part, first byte, last byte) per part.
 # Counts a delivery of every part and notes who runs it; marks the job processing (and
 # counts it as having entered processing);
-# returns {status, deadline, most deliveries, that part, window bytes...}; the
-# windows only when the job is unfinished, in time and no part is over its deliveries.
+# returns {status, deadline, most deliveries, that part}, followed by 1 and the window
+# bytes of each strip key only when the job is unfinished, in time and no part is over
+# its deliveries (the 1 says "go" when the windows are read elsewhere).
 BEGIN_GROUP = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= 'pending' and status ~= 'processing' then return {status or '', '0', 0, -1} end
@@ -60,19 +62,22 @@ if status == 'pending' then
   redis.call('HSET', KEYS[1], 'status', 'processing', 'started', ARGV[3])
   redis.call('HINCRBY', KEYS[4], 'jobs:processing', 1)
 end
-for i = 1, n do
-  reply[4 + i] = redis.call('GETRANGE', KEYS[4 + i], ARGV[5 + 3 * i - 1], ARGV[5 + 3 * i])
+reply[5] = 1
+for i = 1, #KEYS - 4 do
+  reply[5 + i] = redis.call('GETRANGE', KEYS[4 + i], ARGV[5 + 3 * i - 1], ARGV[5 + 3 * i])
 end
 return reply
 """
 
 
-# KEYS: job hash, done set, workers hash, stats hash, then one output key per part.
-# ARGV: worker, ttl, now, n, model, then the n part numbers, the n outputs, the n parts'
-# latency bucket labels and their n seconds (see common.cluster.stats).
+# KEYS: job hash, done set, workers hash, stats hash, then one output key per part when
+# the outputs are stored here.
+# ARGV: worker, ttl, now, n, model, where the outputs are ('redis': the n outputs follow and
+# are stored here; 'blobs': already in the blob store; 'none': not stored, the caller keeps
+# them and stitches, so nothing has landed), then the n part numbers, the n parts' latency
+# bucket labels, their n seconds (see common.cluster.stats) and, for 'redis', the n outputs.
 # Stores the outputs only while the job is unfinished (a tile finishing after a
-# cancel must not leave data behind) and notes when the last part landed. An empty
-# output is not stored (its caller keeps it and stitches), and then nothing has landed. A part
+# cancel must not leave data behind) and notes when the last part landed. A part
 # done for the first time counts once in the model's tiles and latency histogram
 # (a redelivered part rewrites its output and counts nothing).
 # Returns {parts done, 1 if this call landed the last part else 0}, or {-1, 0}.
@@ -82,16 +87,17 @@ if status ~= 'pending' and status ~= 'processing' then return {-1, 0} end
 local ttl = tonumber(ARGV[2])
 local n = tonumber(ARGV[4])
 local model = ARGV[5]
-local new, seconds, kept = 0, 0, true
+local where = ARGV[6]
+local new, seconds = 0, 0
 for i = 1, n do
-  local part = ARGV[5 + i]
-  if ARGV[5 + n + i] == '' then kept = false else
-    redis.call('SET', KEYS[4 + i], ARGV[5 + n + i], 'EX', ttl)
+  local part = ARGV[6 + i]
+  if where == 'redis' then
+    redis.call('SET', KEYS[4 + i], ARGV[6 + 3 * n + i], 'EX', ttl)
   end
   if redis.call('SADD', KEYS[2], part) == 1 then
     new = new + 1
-    seconds = seconds + tonumber(ARGV[5 + 3 * n + i])
-    redis.call('HINCRBY', KEYS[4], 'tile_seconds:' .. model .. ':' .. ARGV[5 + 2 * n + i], 1)
+    seconds = seconds + tonumber(ARGV[6 + 2 * n + i])
+    redis.call('HINCRBY', KEYS[4], 'tile_seconds:' .. model .. ':' .. ARGV[6 + n + i], 1)
   end
   redis.call('HSET', KEYS[3], part, ARGV[1])
 end
@@ -103,7 +109,7 @@ redis.call('EXPIRE', KEYS[2], ttl)
 redis.call('EXPIRE', KEYS[3], ttl)
 local done = redis.call('SCARD', KEYS[2])
 local landed = 0
-if kept and done >= tonumber(redis.call('HGET', KEYS[1], 'parts')) then
+if where ~= 'none' and done >= tonumber(redis.call('HGET', KEYS[1], 'parts')) then
   landed = redis.call('HSETNX', KEYS[1], 'landed', ARGV[3])
 end
 return {done, landed}

@@ -10,6 +10,7 @@ every one with the result TTL::
                       landed            when the last part's output landed (the stitch should follow)
                       stitch_requested  when the janitor last re-sent a stitch for it
                       stitches          how many stitches ended the job (1; more would be a bug)
+                      blobs             where its bytes are: redis, file or the s3:// URL
     P:done          set of finished part numbers (SADD is idempotent under redelivery; SCARD is progress)
     P:in:<p>:<c>    column strip ``c`` of plane ``p``'s reflection-extended input: raw C-order
                     (rows, window width, 3) pixels, so a window is one contiguous byte range
@@ -20,17 +21,20 @@ every one with the result TTL::
     P:workers       hash part -> the worker that ran it
     P:running       hash part -> the process (host:pid) that last started it
     srcluster:active         sorted set of unfinished job keys, scored by deadline (the periodic check)
-    srcluster:workers        sorted set of worker names, scored by when their heartbeat expires
-    srcluster:worker-slots   hash worker name -> its tile processes
-    srcluster:worker-engines hash "worker pid model" -> what runs it (``Engine.describe()``)
+    srcluster:blob-sweep     set while one janitor sweeps old blobs (a blob store only)
     srcluster:stats          hash of counters and latency buckets, no TTL (:mod:`common.cluster.stats`)
-    srcluster:worker-speeds  hash "worker model" -> seconds one of its tile processes takes per
-                             inferred megapixel of that model, as measured (see common.estimate)
+
+and the workers' keys (:mod:`common.cluster.workers`). With a blob store
+(``SRCLUSTER_BLOB_URL``, :mod:`common.cluster.blobs`) the strips, output cores
+and result are blobs of the job instead of ``P:in``, ``P:out`` and
+``P:result``; the rest stays here, the small extras too.
 
 Arrays travel as raw bytes or ``.npy`` (dtype, shape, data; never pickles), not
 PNG: encoding every tile would cost more than a compact-model tile's inference.
 A cluster task reads and writes a whole group of parts in one round trip each
-(:meth:`JobStore.begin_group`, :meth:`JobStore.record_outputs`).
+(:meth:`JobStore.begin_group`, :meth:`JobStore.record_outputs`), plus, with a
+blob store, its reads and writes of blobs: written before the script that
+marks them done, deleted again when the script says the job has ended.
 
 Status changes go through :meth:`JobStore.transition`, an atomic check-and-set
 in Lua: ``success``, ``failed`` and ``cancelled`` are final, so a late tile or
@@ -39,190 +43,117 @@ a redelivered stitch can never revive or overwrite a finished job.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
-import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Any, NamedTuple
+from typing import Any
 
-import numpy as np
-import numpy.typing as npt
 import redis
 
-from common import estimate
 from common.cluster import lua, stats
+from common.cluster.blobs import (
+    RESULT,
+    SWEEP_INTERVAL,
+    Blobs,
+    from_settings,
+    output_name,
+    strip_name,
+)
 from common.cluster.protocol import BROKER_UNACKED, broker_lists
+from common.cluster.records import (
+    GroupStart,
+    JobRecord,
+    JobStatus,
+    WindowRead,
+    pack_array,
+    token_hash,
+    unpack_array,
+)
 from common.cluster.stats import STATS
+from common.cluster.workers import WORKER_ENGINES, WORKER_SLOTS, WORKERS, WorkerRegistry
+from common.settings import Settings
+
+__all__ = [
+    "ACTIVE",
+    "BLOB_SWEEP",
+    "PREFIX",
+    "WORKERS",
+    "GroupStart",
+    "JobRecord",
+    "JobStatus",
+    "JobStore",
+    "WindowRead",
+    "pack_array",
+    "token_hash",
+    "unpack_array",
+]
 
 PREFIX = "srcluster:job:"
 ACTIVE = "srcluster:active"
-WORKERS = "srcluster:workers"
-WORKER_SLOTS = "srcluster:worker-slots"
-WORKER_ENGINES = "srcluster:worker-engines"
-WORKER_SPEEDS = "srcluster:worker-speeds"
+BLOB_SWEEP = "srcluster:blob-sweep"
+
+RESULT_CHUNK = 1 << 20
+"""Bytes of a result streamed from a blob store at a time (a download's memory)."""
 
 
-class JobStatus(StrEnum):
-    """A job's state; the value is what the API reports."""
+class JobStore(WorkerRegistry):
+    """All of srcluster's Redis reads and writes of jobs, and of their blobs.
 
-    PENDING = "pending"
-    PROCESSING = "processing"
-    SUCCESS = "success"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def finished(self) -> bool:
-        """Whether the job has ended (``success``, ``failed`` or ``cancelled``); that is final."""
-        return self in (JobStatus.SUCCESS, JobStatus.FAILED, JobStatus.CANCELLED)
-
-
-@dataclass(frozen=True)
-class WindowRead:
-    """Where a part's input window lies: bytes ``[first, last]`` of a plane's column strip."""
-
-    part: int
-    plane: int
-    column: int
-    first: int
-    last: int
-
-
-@dataclass(frozen=True)
-class GroupStart:
-    """What :meth:`JobStore.begin_group` found: the job's state and the group's windows.
-
-    ``windows`` is ``None`` unless the job is unfinished, in time and no part of
-    the group is over its deliveries; an empty ``bytes`` stands for a window
-    whose strip is gone (the job ended meanwhile).
+    Every method either does what it says or raises ``redis.RedisError`` (or
+    :class:`~common.cluster.blobs.BlobUnavailable`) having changed nothing it
+    would not change again on a retry (writes are idempotent).
     """
 
-    status: JobStatus | None
-    deadline: float
-    deliveries: int
-    """The most deliveries of any part of the group, this one included."""
-    worst_part: int
-    windows: list[bytes] | None
-
-
-def token_hash(token: str) -> str:
-    """What a job records of its owner: the token's sha256, never the token."""
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def pack_array(array: npt.NDArray[Any]) -> bytes:
-    """Serialize an array as ``.npy`` bytes (dtype, shape, data)."""
-    buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
-    return buffer.getvalue()
-
-
-def unpack_array(data: bytes) -> npt.NDArray[Any]:
-    """Inverse of :func:`pack_array`; refuses pickled objects."""
-    array: npt.NDArray[Any] = np.load(io.BytesIO(data), allow_pickle=False)
-    return array
-
-
-class WorkerInfo(NamedTuple):
-    """What a worker announced: tile processes, window budget per process in bytes (0:
-    unknown) and the memory key of its engine (empty: unknown)."""
-
-    slots: int
-    window_budget: int
-    memory_key: str
-
-
-class Capacity(NamedTuple):
-    """The tile processes up, and each distinct ``(memory key, window budget)`` among them."""
-
-    slots: int
-    limits: tuple[tuple[str, int], ...]
-
-
-@dataclass
-class JobRecord:
-    """A job as stored; ``params`` and ``plan`` are the JSON dicts the API recorded."""
-
-    id: str
-    status: JobStatus
-    owner: str
-    owner_name: str
-    params: dict[str, Any]
-    plan: dict[str, Any]
-    parts: int
-    groups: int
-    """Tasks the job was sent as (each carries a group of parts)."""
-    created: float
-    deadline: float
-    done: int = 0
-    started: float | None = None
-    finished: float | None = None
-    landed: float | None = None
-    """When the last part's output landed (the stitch should follow)."""
-    stitch_requested: float | None = None
-    """When the janitor last re-sent a stitch (see :func:`common.cluster.jobs.unstitched`)."""
-    stitches: int = 0
-    """Stitches that ended the job ``success``: 1 once it has, never more."""
-    error: str | None = None
-    error_code: str | None = None
-    output: dict[str, Any] = field(default_factory=dict)
-    estimate: float | None = None
-    """Seconds of inference estimated at submit (:func:`common.estimate.estimate`)."""
-
-    def public(self, now: float | None = None) -> dict[str, Any]:
-        """The ``result`` object of ``GET /result/<id>`` at time ``now`` (default: now)."""
-        body: dict[str, Any] = {
-            "status": self.status.value,
-            "progress": {"done": self.done, "total": self.parts},
-            "model": self.params.get("model"),
-            "created": self.created,
-        }
-        if self.started is not None:
-            body["started"] = self.started
-        if self.finished is not None:
-            body["finished"] = self.finished
-        if self.estimate is not None:
-            body["estimated_seconds"] = round(self.estimate, 1)
-        if not self.status.finished:
-            now = time.time() if now is None else now
-            eta = estimate.remaining(
-                self.done, self.parts, self.started, self.created, self.estimate, now
-            )
-            body["eta_seconds"] = None if eta is None else round(eta, 1)
-        body["notes"] = list(self.plan.get("notes", []))
-        body.update(self.output)
-        if self.error is not None:
-            body["error"] = {"code": self.error_code or "failed", "message": self.error}
-        return body
-
-
-class JobStore:
-    """All of srcluster's Redis reads and writes of jobs.
-
-    Every method either does what it says or raises ``redis.RedisError`` having
-    changed nothing it would not change again on a retry (writes are idempotent).
-    """
-
-    def __init__(self, client: redis.Redis, ttl: int):
+    def __init__(self, client: redis.Redis, ttl: int, blobs: Blobs | None = None):
         # Any: redis-py's annotations cannot tell that replies are bytes (decode_responses off)
         self.redis: Any = client
         self.ttl = ttl
+        self.blobs = blobs
+        """Where strips, cores and results live; ``None``: in this Redis."""
         self._transition = client.register_script(lua.TRANSITION)
         self._begin_group = client.register_script(lua.BEGIN_GROUP)
         self._forget_dead = client.register_script(lua.FORGET_DEAD)
         self._record_outputs = client.register_script(lua.RECORD_OUTPUTS)
 
     @classmethod
-    def from_url(cls, url: str, ttl: int, connect_timeout: float | None = None) -> JobStore:
+    def from_settings(cls, settings: Settings, connect_timeout: float | None = None) -> JobStore:
+        """The store of ``settings``: its Redis, result TTL and blob store."""
+        return cls.from_url(
+            settings.redis_url,
+            settings.result_ttl,
+            connect_timeout=connect_timeout,
+            blobs=from_settings(settings),
+        )
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        ttl: int,
+        connect_timeout: float | None = None,
+        blobs: Blobs | None = None,
+    ) -> JobStore:
         """A store on the Redis at ``url``; ``connect_timeout`` bounds each connection attempt."""
         client = redis.Redis.from_url(
             url, health_check_interval=30, socket_connect_timeout=connect_timeout
         )
-        return cls(client, ttl)
+        return cls(client, ttl, blobs)
+
+    @property
+    def blob_kind(self) -> str:
+        """Where this store keeps bytes: ``redis``, ``file`` or the ``s3://`` URL."""
+        return "redis" if self.blobs is None else self.blobs.kind
+
+    def misplaced(self, job_id: str) -> str | None:
+        """Why this store cannot find the job's bytes (the job was recorded by a process
+        with another ``SRCLUSTER_BLOB_URL``), or ``None`` when that is not the reason."""
+        recorded = self.redis.hget(self.key(job_id), "blobs")
+        if recorded is None or recorded.decode() == self.blob_kind:
+            return None
+        return (
+            f"the job's tiles are in {recorded.decode()} but this worker's are in "
+            f"{self.blob_kind}: every process needs the same SRCLUSTER_BLOB_URL"
+        )
 
     @staticmethod
     def key(job_id: str, *parts: object) -> str:
@@ -235,6 +166,8 @@ class JobStore:
     def close(self) -> None:
         """Release this store's connections."""
         self.redis.close()
+        if self.blobs is not None:
+            self.blobs.close()
 
     # --- creating and reading jobs -------------------------------------------------
 
@@ -258,14 +191,18 @@ class JobStore:
         seconds of inference.
 
         ``strips`` are ``(plane, column, raw bytes)`` (see the key layout). One
-        transaction: a job is recorded whole or not at all.
+        transaction: a job is recorded whole or not at all (with a blob store, the
+        strips are written first and deleted again if the transaction fails).
         """
-        now = time.time()
         pipe = self.redis.pipeline(transaction=True)
-        for plane, column, data in strips:
-            pipe.set(self.key(job_id, "in", plane, column), data, ex=self.ttl)
+        if self.blobs is None:
+            for plane, column, data in strips:
+                pipe.set(self.key(job_id, "in", plane, column), data, ex=self.ttl)
+        else:
+            self.blobs.put_many(job_id, [(strip_name(p, c), data) for p, c, data in strips])
         for name, data in extras.items():
             pipe.set(self.key(job_id, "extra", name), data, ex=self.ttl)
+        now = time.time()
         record = {
             "status": JobStatus.PENDING.value,
             "owner": owner,
@@ -276,6 +213,7 @@ class JobStore:
             "groups": parts if groups is None else groups,
             "created": now,
             "deadline": now + timeout,
+            "blobs": self.blob_kind,
         }
         if estimate is not None:
             record["estimate"] = estimate
@@ -283,7 +221,12 @@ class JobStore:
         pipe.expire(self.key(job_id), self.ttl)
         pipe.zadd(ACTIVE, {self.key(job_id): now + timeout})
         pipe.hincrby(STATS, f"jobs:{JobStatus.PENDING.value}", 1)
-        pipe.execute()
+        try:
+            pipe.execute()
+        except BaseException:
+            if self.blobs is not None:
+                self.blobs.remove_job(job_id)
+            raise
 
     def get(self, job_id: str) -> JobRecord | None:
         """The job, or ``None`` if it does not exist (or expired)."""
@@ -316,8 +259,8 @@ class JobStore:
             stitches=int(fields.get("stitches", 0)),
             error=fields.get("error"),
             error_code=fields.get("error_code"),
-            output=output,
             estimate=float(fields["estimate"]) if "estimate" in fields else None,
+            output=output,
         )
 
     def status(self, job_id: str) -> JobStatus | None:
@@ -378,7 +321,10 @@ class JobStore:
         status, created, params = self.redis.hmget(self.key(job_id), "status", "created", "params")
         if status is None or JobStatus(status.decode()).finished:
             return False
-        self.redis.set(self.key(job_id, "result"), result, ex=self.ttl)
+        if self.blobs is None:
+            self.redis.set(self.key(job_id, "result"), result, ex=self.ttl)
+        else:
+            self.blobs.put(job_id, RESULT, result)
         now = time.time()
         changed = self.transition(
             job_id,
@@ -397,9 +343,11 @@ class JobStore:
             pipe.hincrbyfloat(STATS, stats.sum_field(kind, model), seconds)
             pipe.execute()
             self.drop_tiles(job_id)
-        else:
+        elif self.blobs is None:
             # cancelled between the check and the transition: the result must not outlive it
             self.redis.delete(self.key(job_id, "result"))
+        else:
+            self.blobs.delete(job_id, [RESULT])
         return changed
 
     def drop_tiles(self, job_id: str) -> None:
@@ -412,17 +360,23 @@ class JobStore:
         doomed = [k for k in keys if k not in keep]
         if doomed:
             self.redis.delete(*doomed)
+        if self.blobs is not None:
+            self.blobs.drop(job_id, keep=[RESULT])
 
     def delete(self, job_id: str) -> None:
         """Delete everything of a job but its record (a cancelled job's status stays readable)."""
         keys = list(self.redis.scan_iter(match=self.key(job_id, "*"), count=1000))
         if keys:
             self.redis.delete(*keys)
+        if self.blobs is not None:
+            self.blobs.remove_job(job_id)
 
     # --- parts ----------------------------------------------------------------
 
     def read_strip(self, job_id: str, plane: int, column: int) -> bytes | None:
         """A whole input strip, or ``None`` once the job has dropped its tiles."""
+        if self.blobs is not None:
+            return self.blobs.get(job_id, strip_name(plane, column))
         value: bytes | None = self.redis.get(self.key(job_id, "in", plane, column))
         return value
 
@@ -440,7 +394,8 @@ class JobStore:
     ) -> GroupStart:
         """Start a group of parts, in one round trip: count a delivery of each, note
         ``runner`` (``host:pid``) as running them, mark the job ``processing`` and
-        read their input windows (see :class:`GroupStart` for when it does not).
+        read their input windows (see :class:`GroupStart` for when it does not): inside
+        the script, or, with a blob store, from it once the script said go.
         """
         keys = [
             self.key(job_id),
@@ -448,13 +403,19 @@ class JobStore:
             self.key(job_id, "running"),
             STATS,
         ]
-        keys += [self.key(job_id, "in", r.plane, r.column) for r in reads]
+        if self.blobs is None:
+            keys += [self.key(job_id, "in", r.plane, r.column) for r in reads]
         args: list[str | int | float] = [runner, self.ttl, time.time(), max_deliveries, len(reads)]
         for r in reads:
             args += [r.part, r.first, r.last]
         reply = self._begin_group(keys=keys, args=args)
         status = JobStatus(reply[0].decode()) if reply[0] else None
-        windows = [bytes(w) for w in reply[4:]] if len(reply) > 4 else None
+        windows: list[bytes] | None = None
+        if len(reply) > 4 and self.blobs is None:
+            windows = [bytes(w) for w in reply[5:]]
+        elif len(reply) > 4 and self.blobs is not None:
+            ranges = [(strip_name(r.plane, r.column), r.first, r.last) for r in reads]
+            windows = self.blobs.read_ranges(job_id, ranges)
         return GroupStart(status, float(reply[1]), int(reply[2]), int(reply[3]), windows)
 
     def record_outputs(
@@ -473,7 +434,8 @@ class JobStore:
 
         Without ``keep`` the cores are not stored (the caller holds every part of
         the job and stitches them itself) and the job is never marked landed, so no
-        one else stitches it without them.
+        one else stitches it without them. With a blob store the cores are written
+        there first, and deleted again if the job turns out to have ended.
 
         Returns ``(parts done so far, whether this call landed the job's last part)``;
         ``(-1, False)``, with nothing stored, if the job has ended.
@@ -483,31 +445,31 @@ class JobStore:
         """
         if len(seconds) != len(outputs):
             raise ValueError(f"{len(seconds)} timings for {len(outputs)} outputs")
+        where = "none" if not keep else "redis" if self.blobs is None else "blobs"
+        written = [(output_name(part), data) for part, data in outputs] if where == "blobs" else []
+        if self.blobs is not None and written:
+            self.blobs.put_many(job_id, written)
         keys = [self.key(job_id), self.key(job_id, "done"), self.key(job_id, "workers"), STATS]
-        keys += [self.key(job_id, "out", part) for part, _ in outputs]
         args: list[str | int | float | bytes] = [worker, self.ttl, time.time(), len(outputs)]
-        args += [model]
+        args += [model, where]
         args += [part for part, _ in outputs]
-        args += [data if keep else b"" for _, data in outputs]
         args += [stats.bucket_of(s, stats.TILE_BUCKETS) for s in seconds]
         args += [repr(float(s)) for s in seconds]
+        if where == "redis":
+            keys += [self.key(job_id, "out", part) for part, _ in outputs]
+            args += [data for _, data in outputs]
         done, landed = self._record_outputs(keys=keys, args=args)
+        if int(done) < 0 and self.blobs is not None and written:
+            # the job ended meanwhile: leave nothing behind
+            self.blobs.delete(job_id, [name for name, _ in written])
         return int(done), bool(landed)
 
     def read_outputs(self, job_id: str, parts: Iterable[int]) -> list[bytes | None]:
-        """The output cores of ``parts`` (npy bytes; ``None`` for one missing), in one round trip."""
+        """The output cores of ``parts`` (raw bytes; ``None`` for one missing), in one round trip."""
+        if self.blobs is not None:
+            return self.blobs.get_many(job_id, [output_name(p) for p in parts])
         values: list[bytes | None] = self.redis.mget([self.key(job_id, "out", p) for p in parts])
         return values
-
-    def count_delivery(self, job_id: str, part: int, runner: str) -> int:
-        """Count one more delivery of a part, run by ``runner`` (``host:pid``); returns the count."""
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hincrby(self.key(job_id, "deliveries"), str(part), 1)
-        pipe.expire(self.key(job_id, "deliveries"), self.ttl)
-        pipe.hset(self.key(job_id, "running"), str(part), runner)
-        pipe.expire(self.key(job_id, "running"), self.ttl)
-        count: int = pipe.execute()[0]
-        return count
 
     def runner_of(self, job_id: str, part: int) -> str | None:
         """The ``host:pid`` that last started a part."""
@@ -520,8 +482,19 @@ class JobStore:
         return {int(k): v.decode() for k, v in raw.items()}
 
     def result(self, job_id: str) -> bytes | None:
+        """The encoded final image, whole."""
+        if self.blobs is not None:
+            return self.blobs.get(job_id, RESULT)
         value: bytes | None = self.redis.get(self.key(job_id, "result"))
         return value
+
+    def result_stream(self, job_id: str) -> tuple[int, Iterable[bytes]] | None:
+        """``(size, chunks)`` of the final image, for a download: from a blob store a
+        megabyte at a time, never whole in memory."""
+        if self.blobs is not None:
+            return self.blobs.stream(job_id, RESULT, RESULT_CHUNK)
+        data = self.result(job_id)
+        return None if data is None else (len(data), [data])
 
     # --- the periodic check ---------------------------------------------------------
 
@@ -555,85 +528,16 @@ class JobStore:
         """Note that a stitch was re-sent for the job at ``when``."""
         self.redis.hset(self.key(job_id), "stitch_requested", when)
 
-    # --- workers ------------------------------------------------------------------
+    def sweep_blobs(self) -> int:
+        """Delete blobs older than the result TTL (those of expired jobs, or left by a
+        process that died between a write and its script); returns how many went.
 
-    def announce_worker(
-        self, name: str, slots: int, ttl: int = 30, window_budget: int = 0, memory_key: str = ""
-    ) -> None:
-        """A worker says it is up with ``slots`` tile processes, each of which may spend
-        ``window_budget`` bytes on a window (0: unknown) of the engine ``memory_key`` names
-        (a :mod:`common.memory` key; empty: unknown); it must repeat within ``ttl``."""
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.zadd(WORKERS, {name: time.time() + ttl})
-        pipe.hset(WORKER_SLOTS, name, f"{slots} {window_budget} {memory_key}".rstrip())
-        pipe.execute()
-
-    def workers_up(self) -> dict[str, WorkerInfo]:
-        """Workers whose heartbeat has not expired, by name, in one round trip."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.zrangebyscore(WORKERS, time.time(), "+inf")
-        pipe.hgetall(WORKER_SLOTS)
-        names, slots = pipe.execute()
-        table: dict[str, WorkerInfo] = {}
-        for key, value in slots.items():
-            count, budget, memory_key = (value.decode().split(" ") + ["", ""])[:3]
-            table[key.decode()] = WorkerInfo(int(count), int(budget or 0), memory_key)
-        return {n.decode(): table.get(n.decode(), WorkerInfo(0, 0, "")) for n in names}
-
-    def capacity(self) -> Capacity:
-        """What a job is planned for: the tile processes up and each distinct window limit."""
-        up = [info for info in self.workers_up().values() if info.slots > 0]
-        limits = {(info.memory_key, info.window_budget) for info in up if info.window_budget > 0}
-        return Capacity(sum(info.slots for info in up), tuple(sorted(limits)))
-
-    def report_engine(self, worker: str, model: str, description: str) -> None:
-        """A worker process says which engine runs ``model`` (shown by ``GET /``)."""
-        self.redis.hset(WORKER_ENGINES, f"{worker} {os.getpid()} {model}", description)
-
-    def report_speed(self, worker: str, model: str, seconds_per_megapixel: float) -> None:
-        """A worker says how long one of its tile processes takes per inferred megapixel of
-        ``model`` (its latest smoothed measurement)."""
-        self.redis.hset(WORKER_SPEEDS, f"{worker} {model}", f"{seconds_per_megapixel:.6g}")
-
-    def worker_speeds(self) -> dict[str, tuple[int, dict[str, float]]]:
-        """Tile workers up: name -> (tile processes, model -> measured seconds per inferred
-        megapixel of one process), in one round trip (see :mod:`common.estimate`)."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.zrangebyscore(WORKERS, time.time(), "+inf")
-        pipe.hgetall(WORKER_SLOTS)
-        pipe.hgetall(WORKER_SPEEDS)
-        names, slots, speeds = pipe.execute()
-        up: dict[str, tuple[int, dict[str, float]]] = {}
-        for name in (n.decode() for n in names):
-            count = int((slots.get(name.encode()) or b"0").decode().partition(" ")[0])
-            if count > 0:
-                up[name] = (count, {})
-        for key, value in speeds.items():
-            worker, _, model = key.decode().partition(" ")
-            if worker in up:
-                up[worker][1][model] = float(value)
-        return up
-
-    def worker_engines(self) -> dict[str, list[str]]:
-        """What each worker that is up runs: worker name -> distinct engine descriptions."""
-        up = self.workers_up()
-        found: dict[str, list[str]] = {}
-        for key, value in self.redis.hgetall(WORKER_ENGINES).items():
-            worker = key.decode().split(" ", 1)[0]
-            if worker in up and value.decode() not in found.setdefault(worker, []):
-                found[worker].append(value.decode())
-        return found
-
-    def worker_slots(self) -> int:
-        """Tile processes across the workers that announced themselves recently."""
-        return sum(info.slots for info in self.workers_up().values())
-
-    def forget_dead_workers(self) -> None:
-        """Drop the heartbeats that expired (the janitor's housekeeping; atomic, so a worker
-        announcing itself meanwhile is never forgotten)."""
-        self._forget_dead(
-            keys=[WORKERS, WORKER_SLOTS, WORKER_ENGINES, WORKER_SPEEDS], args=[time.time()]
-        )
+        Any janitor may call it every round: one in the cluster sweeps per
+        :data:`~common.cluster.blobs.SWEEP_INTERVAL`, the others return 0.
+        """
+        if self.blobs is None or not self.redis.set(BLOB_SWEEP, 1, nx=True, ex=SWEEP_INTERVAL):
+            return 0
+        return self.blobs.sweep(self.ttl)
 
     # --- metrics ------------------------------------------------------------------
 
