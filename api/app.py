@@ -10,6 +10,7 @@ from api import errors, routes
 from api.auth import TokenTable
 from api.celery_client import TaskSender
 from api.services import Services
+from api.waiting import Waits
 from common.cluster.store import JobStore
 from common.errors import ConfigError
 from common.models import Registry
@@ -59,6 +60,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         registry=Registry(settings),
         sender=TaskSender(settings),
         version=_version(),
+        waits=Waits(settings.wait_slots),
     )
     errors.register(app)
     app.register_blueprint(routes.bp)

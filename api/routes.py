@@ -7,12 +7,13 @@ from typing import Any, cast
 
 from flask import Blueprint, Response, current_app, g, jsonify, redirect, request
 
-from api import openapi, ui
+from api import openapi, ui, waiting
 from api.auth import authenticate, token_of, token_required
 from api.errors import Gone, NotFound, NotReady, Unavailable
 from api.fetch import fetch
 from api.services import Services
-from common.cluster import jobs
+from common.cluster import callbacks, jobs
+from common.cluster.events import wait_until_ended
 from common.cluster.store import JobRecord, JobStatus
 from common.errors import BadParameter, UnsupportedImage
 from common.imageio import extension
@@ -25,6 +26,9 @@ JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 """What :func:`common.cluster.jobs.prepare` makes (``uuid4().hex``); anything else never reaches Redis."""
 
 PARAM_FIELDS = ("scale", "tile_size", "tile_pad", "skip_alpha", "resize_to", "format")
+
+check_callback = callbacks.check_url
+"""The ``callback_url`` check (tests swap in one with an offline resolver)."""
 
 
 def services() -> Services:
@@ -139,6 +143,9 @@ def submit() -> Response:
         **{name: form.get(name) for name in PARAM_FIELDS},
     )
     timeout = _timeout(form.get("timeout"))
+    wait = waiting.requested_wait(request.headers)
+    raw_callback = form.get("callback_url", "").strip()
+    callback_url = check_callback(raw_callback, svc.settings) if raw_callback else None
     data = _upload()
     slots, window_budget = svc.store.capacity()
     prepared = jobs.prepare(
@@ -152,6 +159,7 @@ def submit() -> Response:
         owner=g.caller.owner,
         owner_name=g.caller.name,
         timeout=timeout,
+        callback_url=callback_url,
     )
     try:
         svc.sender.send_job(prepared.job_id, prepared.plan.group_count)
@@ -159,8 +167,37 @@ def submit() -> Response:
         current_app.logger.exception("could not queue job %s", prepared.job_id)
         svc.store.fail(prepared.job_id, "queue_error", "the job could not be queued")
         raise Unavailable("the task queue does not answer; try again later") from exc
-    response = _json({"task_id": prepared.job_id, "message": "Success"}, 202)
+    body: dict[str, Any] = {"task_id": prepared.job_id, "message": "Success"}
+    status = 202
+    applied = _hold(prepared.job_id, wait)
+    if applied is not None:
+        record = svc.store.get(prepared.job_id)
+        if record is not None:
+            body["result"] = record.public()
+            status = 200 if record.status.finished else 202
+    response = _waited(_json(body, status), applied)
     response.headers["Location"] = f"/result/{prepared.job_id}"
+    return response
+
+
+def _hold(job_id: str, seconds: int | None) -> int | None:
+    """Wait until the job ends or ``seconds`` pass, if asked and a slot is free;
+    returns the seconds applied (``None``: the request did not wait)."""
+    if seconds is None:
+        return None
+    with services().waits.slot() as granted:
+        if not granted:
+            return None
+        if seconds > 0:
+            wait_until_ended(services().store, job_id, seconds)
+    return seconds
+
+
+def _waited(response: Response, applied: int | None) -> Response:
+    """Say which wait was applied (RFC 7240) and that the answer depends on ``Prefer``."""
+    response.vary.add("Prefer")
+    if applied is not None:
+        response.headers["Preference-Applied"] = f"wait={applied}"
     return response
 
 
@@ -179,7 +216,16 @@ def _own_job(job_id: str) -> JobRecord:
 @bp.get("/result/<job_id>")
 @token_required
 def result(job_id: str) -> Response:
-    return _json({"result": _own_job(job_id).public()})
+    wait = waiting.requested_wait(request.headers)
+    record = _own_job(job_id)
+    applied = None
+    if wait is not None and record.status.finished:
+        applied = wait  # nothing left to wait for: the preference is met at once
+    elif wait is not None:
+        applied = _hold(job_id, wait)
+        if applied is not None:
+            record = services().store.get(job_id) or record
+    return _waited(_json({"result": record.public()}), applied)
 
 
 @bp.get("/result/<job_id>/download")

@@ -126,8 +126,10 @@ def submit(
     owner: str,
     owner_name: str,
     timeout: float,
+    callback_url: str | None = None,
 ) -> None:
-    """Record a prepared job (``pending``) with its input in the store (one transaction)."""
+    """Record a prepared job (``pending``) with its input in the store (one transaction);
+    ``callback_url`` (already checked) is posted the job's status when it ends."""
     store.create(
         prepared.job_id,
         owner=owner,
@@ -139,6 +141,7 @@ def submit(
         strips=prepared.strips(),
         extras=prepared.extras(),
         timeout=timeout,
+        callback_url=callback_url,
     )
 
 

@@ -10,6 +10,8 @@ every one with the result TTL::
                       landed            when the last part's output landed (the stitch should follow)
                       stitch_requested  when the janitor last re-sent a stitch for it
                       stitches          how many stitches ended the job (1; more would be a bug)
+                      callback_url      where to POST the job's status when it ends (if asked)
+                      callback_status   pending | delivered | failed, callback_attempts, callback_error
     P:done          set of finished part numbers (SADD is idempotent under redelivery; SCARD is progress)
     P:in:<p>:<c>    column strip ``c`` of plane ``p``'s reflection-extended input: raw C-order
                     (rows, window width, 3) pixels, so a window is one contiguous byte range
@@ -20,6 +22,8 @@ every one with the result TTL::
     P:workers       hash part -> the worker that ran it
     P:running       hash part -> the process (host:pid) that last started it
     srcluster:active         sorted set of unfinished job keys, scored by deadline (the periodic check)
+    srcluster:callbacks      sorted set of ended jobs' keys whose callback is undelivered, scored by
+                             when it is next due (see :mod:`common.cluster.callbacks`)
     srcluster:workers        sorted set of worker names, scored by when their heartbeat expires
     srcluster:worker-slots   hash worker name -> its tile processes
     srcluster:worker-engines hash "worker pid model" -> what runs it (``Engine.describe()``)
@@ -31,7 +35,9 @@ A cluster task reads and writes a whole group of parts in one round trip each
 
 Status changes go through :meth:`JobStore.transition`, an atomic check-and-set
 in Lua: ``success``, ``failed`` and ``cancelled`` are final, so a late tile or
-a redelivered stitch can never revive or overwrite a finished job.
+a redelivered stitch can never revive or overwrite a finished job. The same
+step that ends a job queues its callback and publishes ``P:ended`` (a pub/sub
+channel, not a key) for requests waiting on it (:mod:`common.cluster.events`).
 """
 
 from __future__ import annotations
@@ -54,6 +60,7 @@ from common.cluster import lua
 
 PREFIX = "srcluster:job:"
 ACTIVE = "srcluster:active"
+CALLBACKS = "srcluster:callbacks"
 WORKERS = "srcluster:workers"
 WORKER_SLOTS = "srcluster:worker-slots"
 WORKER_ENGINES = "srcluster:worker-engines"
@@ -147,10 +154,14 @@ class JobRecord:
     error: str | None = None
     error_code: str | None = None
     output: dict[str, Any] = field(default_factory=dict)
+    callback_url: str | None = None
+    callback: dict[str, Any] | None = None
+    """``{"status", "attempts", "error"?}`` of the job's callback, if it asked for one."""
 
     def public(self) -> dict[str, Any]:
         """The ``result`` object of ``GET /result/<id>``."""
         body: dict[str, Any] = {
+            "task_id": self.id,
             "status": self.status.value,
             "progress": {"done": self.done, "total": self.parts},
             "model": self.params.get("model"),
@@ -163,6 +174,8 @@ class JobRecord:
         body.update(self.output)
         if self.error is not None:
             body["error"] = {"code": self.error_code or "failed", "message": self.error}
+        if self.callback is not None:
+            body["callback"] = self.callback
         return body
 
 
@@ -217,9 +230,11 @@ class JobStore:
         extras: Mapping[str, bytes],
         timeout: float,
         groups: int | None = None,
+        callback_url: str | None = None,
     ) -> None:
         """Record a new ``pending`` job of ``parts`` parts (in ``groups`` tasks; default one
-        per part) with its input, all expiring after the TTL.
+        per part) with its input, all expiring after the TTL; ``callback_url`` (checked
+        by the caller) is posted the job's status when it ends.
 
         ``strips`` are ``(plane, column, raw bytes)`` (see the key layout). One
         transaction: a job is recorded whole or not at all.
@@ -241,6 +256,8 @@ class JobStore:
             "created": now,
             "deadline": now + timeout,
         }
+        if callback_url:
+            record["callback_url"] = callback_url
         pipe.hset(self.key(job_id), mapping=record)
         pipe.expire(self.key(job_id), self.ttl)
         pipe.zadd(ACTIVE, {self.key(job_id): now + timeout})
@@ -256,6 +273,14 @@ class JobStore:
             return None
         fields = {k.decode(): v.decode() for k, v in raw.items()}
         output = json.loads(fields["output"]) if "output" in fields else {}
+        callback: dict[str, Any] | None = None
+        if "callback_url" in fields:
+            callback = {
+                "status": fields.get("callback_status", "waiting"),
+                "attempts": int(fields.get("callback_attempts", 0)),
+            }
+            if "callback_error" in fields:
+                callback["error"] = fields["callback_error"]
         return JobRecord(
             id=job_id,
             status=JobStatus(fields["status"]),
@@ -278,6 +303,8 @@ class JobStore:
             error=fields.get("error"),
             error_code=fields.get("error_code"),
             output=output,
+            callback_url=fields.get("callback_url"),
+            callback=callback,
         )
 
     def status(self, job_id: str) -> JobStatus | None:
@@ -297,10 +324,10 @@ class JobStore:
 
         Returns whether the change happened (atomic: of two racing callers, one wins).
         """
-        args: list[str | float | int] = [to.value, *(s.value for s in allowed), "--"]
+        args: list[str | float | int] = [to.value, time.time(), *(s.value for s in allowed), "--"]
         for name, value in fields.items():
             args += [name, value]
-        return bool(self._transition(keys=[self.key(job_id), ACTIVE], args=args))
+        return bool(self._transition(keys=[self.key(job_id), ACTIVE, CALLBACKS], args=args))
 
     def start(self, job_id: str) -> None:
         """Mark a pending job ``processing`` (the first tile has begun)."""
