@@ -19,6 +19,7 @@ from common.models import DEFAULT_MODEL, Registry
 from common.params import UpscaleParams, parse_params
 from common.pipeline import upscale_bytes
 from common.settings import Settings
+from srcluster import submit
 
 EXIT_USAGE = 2
 
@@ -39,20 +40,13 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         help="output file (or folder for a folder input); default: NAME_xS.EXT beside the input",
     )
-    up.add_argument(
-        "-n", "--model", default=DEFAULT_MODEL, help=f"model name (default {DEFAULT_MODEL})"
+    _upscale_options(up)
+
+    remote = commands.add_parser(
+        "submit", help="upscale an image or a folder of images on a remote cluster"
     )
-    up.add_argument("-s", "--scale", help="output scale, 2..8 (default: the model's)")
-    up.add_argument(
-        "--resize-to", help="final size WxH (0 keeps the aspect) or a ratio such as 1/2"
-    )
-    up.add_argument("-t", "--tile-size", help="tile side in input px, 32..1024 (default: auto)")
-    up.add_argument("--tile-pad", help="context px around each tile (default: the model's)")
-    up.add_argument(
-        "--skip-alpha", action="store_true", help="resize the alpha channel instead of inferring it"
-    )
-    up.add_argument("-f", "--format", help="png, jpg, webp or tiff (default: the input's)")
-    up.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    submit.add_arguments(remote)
+    _upscale_options(remote)
 
     cluster = commands.add_parser(
         "up", help="run Redis, a worker, the API and Flower on this machine"
@@ -75,6 +69,24 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("name")
     add.add_argument("path", type=Path)
     return parser
+
+
+def _upscale_options(up: argparse.ArgumentParser) -> None:
+    """The options ``upscale`` and ``submit`` share (the API's fields)."""
+    up.add_argument(
+        "-n", "--model", default=DEFAULT_MODEL, help=f"model name (default {DEFAULT_MODEL})"
+    )
+    up.add_argument("-s", "--scale", help="output scale, 2..8 (default: the model's)")
+    up.add_argument(
+        "--resize-to", help="final size WxH (0 keeps the aspect) or a ratio such as 1/2"
+    )
+    up.add_argument("-t", "--tile-size", help="tile side in input px, 32..1024 (default: auto)")
+    up.add_argument("--tile-pad", help="context px around each tile (default: the model's)")
+    up.add_argument(
+        "--skip-alpha", action="store_true", help="resize the alpha channel instead of inferring it"
+    )
+    up.add_argument("-f", "--format", help="png, jpg, webp or tiff (default: the input's)")
+    up.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
 def _output_path(
@@ -180,6 +192,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings.from_env()
         if args.command == "upscale":
             return _cmd_upscale(args, settings)
+        if args.command == "submit":
+            return submit.run(
+                args, settings, output_path=_output_path, image_suffixes=IMAGE_SUFFIXES
+            )
         if args.command == "up":
             from srcluster.up import up
 
