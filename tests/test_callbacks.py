@@ -355,3 +355,20 @@ def test_no_free_slot_means_no_wait(make_app: Callable[..., Flask]) -> None:
     assert time.monotonic() - start < 1
     assert reply.status_code == 200
     assert "Preference-Applied" not in reply.headers
+
+
+def test_openapi_describes_callbacks_and_waiting(loopback_app: Flask) -> None:
+    doc = loopback_app.test_client().get("/openapi.json").json
+    submit_op = doc["paths"]["/sr"]["post"]
+    fields = submit_op["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
+    assert "callback_url" in fields
+    for op in (submit_op, doc["paths"]["/result/{task_id}"]["get"]):
+        assert [p["name"] for p in op["parameters"]] == ["Prefer"]
+    assert "Preference-Applied" in submit_op["responses"]["200"]["headers"]
+    hook = doc["webhooks"]["jobEnded"]["post"]
+    assert {p["name"] for p in hook["parameters"]} == {
+        "webhook-id",
+        "webhook-timestamp",
+        "webhook-signature",
+    }
+    assert "callback" in doc["components"]["schemas"]["Result"]["properties"]
