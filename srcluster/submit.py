@@ -5,9 +5,9 @@ One image or a folder of them goes to the cluster at ``--url`` as the holder of
 progress bar follows the tiles done (on a terminal, or always with
 ``--progress``); the results are written under the names ``upscale`` gives.
 
-Ctrl-C cancels every job this run started and has not seen end, including one
-whose ``POST /sr`` was still in flight (its thread cancels it as soon as the id
-comes back), then exits 130.
+Ctrl-C (or SIGTERM, or SIGHUP) cancels every job this run started and has not
+seen end, including one whose ``POST /sr`` was still in flight (its thread
+cancels it as soon as the id comes back), then exits 130.
 
 Exit status: 0 all written; 2 a usage mistake or the service refused a request
 (a 4xx: the line says what and why); 1 a job failed, the service did not answer
@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -260,6 +262,7 @@ def run(
         target = args.output
         work = [(source, args.output)]
 
+    _check_writable(target)
     with Client(url, token) as probe_client:
         try:
             probe_client.info()  # the URL and the token, before any upload
@@ -275,6 +278,7 @@ def run(
     job_run = Run(
         url, token, fields, params, output_path, progress, Tracker(), args.quiet, job_timeout + 60
     )
+    _stop_on_hangup_and_term()
     with _pool(min(args.jobs, len(work))) as pool:
         futures = {pool.submit(job_run.one, path, out): path for path, out in work}
         try:
@@ -314,6 +318,7 @@ def _collect(futures: dict[Future[Path], Path], progress: Progress, folder: bool
             error = future.exception()
             if error is None:
                 if not folder:
+                    progress.close()  # the bar's last line, then the path on its own
                     print(future.result())
                 statuses[future] = 0
             else:
@@ -386,6 +391,42 @@ def _output_format(flag: str | None, output: Path | None) -> str | None:
             f"-f {flag} clashes with the extension of -o {output.name}", parameter="format"
         )
     return flag or from_extension
+
+
+def _stop_on_hangup_and_term() -> None:
+    """SIGTERM and SIGHUP (a closed terminal) cancel the jobs as Ctrl-C does."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), interrupt)
+
+
+def _check_writable(target: Path | None) -> None:
+    """Refuse an output that cannot be written before the cluster does any work.
+
+    Tries it: an existing file is opened for appending (and left as it was); else a
+    temporary file is made, and removed, in the nearest folder that exists.
+
+    Raises:
+        InputError: it cannot be written (the message says why).
+    """
+    if target is None:
+        return
+    try:
+        if target.is_file():
+            target.open("ab").close()
+            return
+        folder = target if target.is_dir() else target.parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as error:
+        raise InputError(
+            f"cannot write {target}: {error.strerror or error}", parameter="output"
+        ) from None
 
 
 def _local_url(settings: Settings) -> str:

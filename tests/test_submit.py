@@ -101,11 +101,12 @@ def test_submit_shows_progress_of_tiles(
     assert [d for d, _ in counts] == sorted(d for d, _ in counts), "never backwards"
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_cancels_the_jobs_it_started(
-    api: ApiServer, worker: WorkerProcess, cluster_settings: Settings, photo, tmp_path
+    api: ApiServer, worker: WorkerProcess, cluster_settings: Settings, photo, tmp_path, signum
 ) -> None:
     source = tmp_path / "large.png"
-    source.write_bytes(image(photo, 384, 384))
+    source.write_bytes(image(photo, 1024, 1024))  # about 1000 tiles: still running at the signal
     err = tmp_path / "stderr"
     with err.open("w") as sink:
         process = subprocess.Popen(
@@ -119,7 +120,7 @@ def test_ctrl_c_cancels_the_jobs_it_started(
         job_id = found.group(1)  # type: ignore[attr-defined]
         wait_for(lambda: client.result(job_id)["progress"]["done"] >= 1, 60, "a tile done")
         assert client.result(job_id)["status"] == "processing"
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signum)
         assert process.wait(30) == 130, err.read_text()
         assert client.result(job_id)["status"] == "cancelled"
         assert "cancelled 1 job" in err.read_text()
@@ -158,6 +159,7 @@ def test_a_folder_runs_several_jobs_at_once(
         (["-n", "no-such-model"], ALICE, 2, ["no-such-model", "HTTP 422"]),
         (["--timeout", "0"], ALICE, 2, ["timeout", "HTTP 422", "parameter timeout"]),
         (["-o", "x.png", "-f", "webp"], ALICE, 2, ["clashes"]),
+        (["-o", "/proc/no-such-folder/x.png"], ALICE, 2, ["cannot write"]),
         ([], None, 2, ["SRCLUSTER_TOKEN"]),
         (["--url", "unreachable"], ALICE, 1, ["does not answer"]),
     ],
