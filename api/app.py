@@ -6,7 +6,7 @@ from importlib import metadata
 
 from flask import Flask
 
-from api import errors, routes
+from api import errors, metrics, routes, ui
 from api.auth import TokenTable
 from api.celery_client import TaskSender
 from api.services import Services
@@ -64,4 +64,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     errors.register(app)
     app.register_blueprint(routes.bp)
+    app.register_blueprint(metrics.bp)
+    ui.register(app)
     return app

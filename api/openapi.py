@@ -85,6 +85,22 @@ def document(version: str, settings: Settings) -> dict[str, Any]:
                     },
                 }
             },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics: jobs, tiles, latencies, queue depths, workers",
+                    "operationId": "metrics",
+                    "description": "Prometheus text format, read from Redis on each scrape; "
+                    "README, section Metrics, lists the names.",
+                    "responses": {
+                        "200": {
+                            "description": "Prometheus text exposition format",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        },
+                        "401": _UNAUTHORIZED,
+                        "503": _UNAVAILABLE,
+                    },
+                }
+            },
             "/": {
                 "get": {
                     "summary": "Service information: version, models and worker processes",
@@ -218,19 +234,10 @@ def document(version: str, settings: Settings) -> dict[str, Any]:
                     },
                 }
             },
-            "/ui": {
-                "get": {
-                    "summary": "A small web page to submit images and download results",
-                    "operationId": "ui",
-                    "security": _NO_AUTH,
-                    "responses": {
-                        "200": {
-                            "description": "HTML",
-                            "content": {"text/html": {"schema": {"type": "string"}}},
-                        }
-                    },
-                }
-            },
+            "/ui": _page(
+                "ui", "The web page: submit images, follow progress, compare and download"
+            ),
+            "/docs": _page("docs", "This document, rendered by swagger-ui"),
         },
         "webhooks": {"jobEnded": _webhook()},
         "components": {
@@ -240,6 +247,22 @@ def document(version: str, settings: Settings) -> dict[str, Any]:
             },
             "schemas": _schemas(),
         },
+    }
+
+
+def _page(operation_id: str, summary: str) -> dict[str, Any]:
+    return {
+        "get": {
+            "summary": summary,
+            "operationId": operation_id,
+            "security": _NO_AUTH,
+            "responses": {
+                "200": {
+                    "description": "HTML; its scripts and styles are files of this server",
+                    "content": {"text/html": {"schema": {"type": "string"}}},
+                }
+            },
+        }
     }
 
 
@@ -385,6 +408,19 @@ def _schemas() -> dict[str, Any]:
                 "message": {"type": "string"},
                 "version": {"type": "string"},
                 "models": {"type": "array", "items": {"type": "string"}},
+                "model_details": {
+                    "type": "array",
+                    "description": "each model of `models`, in the same order",
+                    "items": {
+                        "type": "object",
+                        "required": ["name", "scale", "description"],
+                        "properties": {
+                            "name": {"type": "string"},
+                            "scale": {"type": "integer", "description": "the model's own scale"},
+                            "description": {"type": "string", "description": "one line"},
+                        },
+                    },
+                },
                 "workers": {
                     "type": "integer",
                     "minimum": 0,

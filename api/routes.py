@@ -7,7 +7,7 @@ from typing import Any, cast
 
 from flask import Blueprint, Response, current_app, g, jsonify, redirect, request
 
-from api import openapi, ui, waiting
+from api import openapi, waiting
 from api.auth import authenticate, token_of, token_required
 from api.errors import Gone, NotFound, NotReady, Unavailable
 from api.fetch import fetch
@@ -67,6 +67,10 @@ def index() -> Response:
             "message": "srcluster is running",
             "version": svc.version,
             "models": svc.registry.names(),
+            "model_details": [
+                {"name": spec.name, "scale": spec.scale, "description": spec.description}
+                for spec in svc.registry.specs()
+            ],
             "workers": svc.store.worker_slots(),
             "engines": svc.store.worker_engines(),
         }
@@ -77,13 +81,6 @@ def index() -> Response:
 def openapi_json() -> Response:
     svc = services()
     return _json(openapi.document(svc.version, svc.settings))
-
-
-@bp.get("/ui")
-def ui_page() -> Response:
-    response = Response(ui.PAGE, mimetype="text/html")
-    response.headers["Content-Security-Policy"] = ui.CSP
-    return response
 
 
 # --- jobs ---------------------------------------------------------------------
@@ -147,9 +144,9 @@ def submit() -> Response:
     raw_callback = form.get("callback_url", "").strip()
     callback_url = check_callback(raw_callback, svc.settings) if raw_callback else None
     data = _upload()
-    slots, window_budget = svc.store.capacity()
+    capacity = svc.store.capacity()
     prepared = jobs.prepare(
-        data, params, svc.settings, svc.registry, workers=slots, window_budget=window_budget
+        data, params, svc.settings, svc.registry, workers=capacity.slots, limits=capacity.limits
     )
     del data
     jobs.submit(

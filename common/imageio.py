@@ -66,6 +66,14 @@ encodes 1.1-1.6x faster than 3 for 5-9 % more bytes; the RLE strategy, smaller o
 resized images, made real model output 3x larger. The stitch encodes every result once,
 serially, so its speed is the job's tail."""
 
+PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION]
+if hasattr(cv2, "IMWRITE_PNG_FILTER"):  # OpenCV 4.11+
+    PNG_PARAMS += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_PAETH]
+"""OpenCV's PNG options. The Paeth filter alone, not libpng's adaptive choice among all
+five per row: on 2400x2048 model output (Xeon, 4 interleaved rounds) 1.5-2x faster at
+the same size (photo 6.46 MB vs 6.40, flat drawing 1.27 vs 1.25). Huffman-only and RLE
+were as fast on photos but 2.4-2.6x larger on flat drawings."""
+
 Pixels = npt.NDArray[Any]
 """An (H, W, C) uint8 or uint16 array, C in {1, 3, 4}, RGB(A) channel order."""
 
@@ -264,7 +272,7 @@ def encode(
         raise BadParameter("exif is not a TIFF-structured EXIF blob", parameter="exif")
 
     if fmt == "png":
-        png = _cv2_encode(".png", a, [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION])
+        png = _cv2_encode(".png", a, PNG_PARAMS)
         return png_with_metadata(png, icc, tiff_exif)
     if fmt == "tiff":
         return _cv2_encode(".tiff", a, [])

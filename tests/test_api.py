@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import http.server
 import io
+import re
 import threading
+import tomllib
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -186,12 +190,62 @@ def test_index_sends_browsers_to_the_page(client: FlaskClient) -> None:
     assert reply.location.endswith("/ui")
 
 
-def test_ui_page(client: FlaskClient) -> None:
-    reply = client.get("/ui")
+def test_index_describes_each_model(client: FlaskClient) -> None:
+    body = client.get("/", headers=as_user(ALICE)).json
+    details = body["model_details"]
+    assert [d["name"] for d in details] == body["models"]
+    compact = next(d for d in details if d["name"] == MODEL)
+    assert compact["scale"] == 4 and compact["description"]
+
+
+@pytest.mark.parametrize("path", ["/ui", "/docs"])
+def test_pages_load_only_their_own_files(client: FlaskClient, path: str) -> None:
+    reply = client.get(path)
     assert reply.status_code == 200
     assert reply.mimetype == "text/html"
-    assert b"<form" in reply.data and b"/result/" in reply.data
-    assert "default-src 'none'" in reply.headers["Content-Security-Policy"]
+    csp = reply.headers["Content-Security-Policy"]
+    assert "default-src 'none'" in csp and "script-src 'self';" in csp
+    assert "unsafe" not in csp  # no inline script or style, no eval
+    assert reply.headers["X-Content-Type-Options"] == "nosniff"
+    html = reply.get_data(as_text=True)
+    assert "<script>" not in html and " style=" not in html and "http" not in html
+    for asset in re.findall(r'(?:src|href)="(/[^"]+)"', html):
+        with client.get(asset) as served:  # a file reply: closed, or its file stays open
+            assert served.status_code == 200, asset
+            assert served.mimetype in (
+                "text/javascript",
+                "text/css",
+                "image/png",
+                "text/html",
+                "application/json",
+            )
+
+
+def test_ui_page_scripts_import_what_is_served(client: FlaskClient) -> None:
+    with client.get("/static/ui/main.js") as reply:
+        main = reply.get_data(as_text=True)
+    for module in re.findall(r'from "\./([^"]+)"', main):
+        with client.get(f"/static/ui/{module}") as reply:
+            assert reply.status_code == 200, module
+
+
+def test_static_files_stay_inside_their_folders(client: FlaskClient) -> None:
+    for path in ("/static/../ui.py", "/static/%2e%2e/ui.py", "/docs/assets/../LICENSE",
+                 "/docs/assets/missing.js", "/static/ui/missing.js"):  # fmt: skip
+        assert_error(client.get(path), 404, "not_found")
+
+
+def test_the_wheel_ships_the_page_files() -> None:
+    """Every file of the pages matches a ``package-data`` glob, so ``pip install .`` ships it."""
+    root = Path(__file__).resolve().parents[1]
+    config = tomllib.loads((root / "pyproject.toml").read_text())
+    globs = config["tool"]["setuptools"]["package-data"]["api"]
+    files = [p for folder in ("static", "templates") for p in (root / "api" / folder).rglob("*")]
+    assert files
+    for path in files:
+        if path.is_file():
+            relative = path.relative_to(root / "api").as_posix()
+            assert any(fnmatch.fnmatch(relative, g) for g in globs), relative
 
 
 def test_openapi_describes_every_route(app: Flask, client: FlaskClient) -> None:
@@ -208,7 +262,7 @@ def test_openapi_describes_every_route(app: Flask, client: FlaskClient) -> None:
     routes = {
         (rule.rule, method)
         for rule in app.url_map.iter_rules()
-        if rule.endpoint != "static"
+        if rule.endpoint.rpartition(".")[2] != "static"  # files, not operations
         for method in rule.methods or ()
         if method not in ("HEAD", "OPTIONS")
     }

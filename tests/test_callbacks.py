@@ -31,8 +31,8 @@ from common.errors import BadParameter
 from common.settings import Settings
 from tests.cluster import redis_for_tests
 from tests.receiver import receiver
-from tests.test_api import ALICE, as_user, assert_error, png, post_sr
-from tests.tokens import TOKENS, WEBHOOK_SECRET
+from tests.test_api import as_user, assert_error, png, post_sr
+from tests.tokens import ALICE, TOKENS, WEBHOOK_SECRET
 
 
 @pytest.fixture(scope="module")

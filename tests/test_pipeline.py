@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import numpy as np
@@ -57,9 +58,13 @@ def test_x4plus_tiles_match_whole_image_at_default_pad(settings, photo) -> None:
     # realesrgan-x4plus' receptive field is far wider than its default pad of 28. Measured
     # on this crop (3 tiles of 40, every pixel near a seam): 50.8 dB, max |diff| 8; the bar
     # is 50 dB. Real plans have far fewer seams (63 dB on a 600x400 photo in 6 windows).
+    # This is the pad's geometry, so ORT fp32 on both sides: on a BF16 host ``auto`` runs
+    # OpenVINO bf16, whose own rounding (54-56 dB from fp32, gated in test_engines.py)
+    # differs between window shapes and pulled this worst case to 49.5 dB.
+    fp32 = dataclasses.replace(settings, engine="ort", precision="fp32")
     rgb = photo[:56, :100]
-    reference = whole_image(get_engine("realesrgan-x4plus", settings), rgb)
-    out = tiled(settings, "realesrgan-x4plus", rgb, tile=40)
+    reference = whole_image(get_engine("realesrgan-x4plus", fp32), rgb)
+    out = tiled(fp32, "realesrgan-x4plus", rgb, tile=40)
     assert psnr(out, reference) >= 50.0
 
 

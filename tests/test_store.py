@@ -52,17 +52,19 @@ def test_a_job_lives_and_ends_once(store: JobStore) -> None:
         and store.redis.ttl(store.key(job_id, "in", 0, 0)) > 0
     )
     store.start(job_id)
-    assert store.record_outputs(job_id, [(0, b"out")], "w1") == (1, False)
-    assert store.record_outputs(job_id, [(0, b"out")], "w2") == (1, False), (
-        "a redelivered tile counts once"
-    )
+    assert store.record_outputs(job_id, [(0, b"out")], "w1", model="m", seconds=[0.1]) == (1, False)
+    assert store.record_outputs(job_id, [(0, b"out")], "w2", model="m", seconds=[0.1]) == (
+        1,
+        False,
+    ), "a redelivered tile counts once"
     assert store.succeed(job_id, b"image", {"size": 5})
     assert not store.succeed(job_id, b"other", {"size": 5}), "success is final"
     assert not store.fail(job_id, "x", "late failure")
     assert not store.cancel(job_id)
-    assert store.record_outputs(job_id, [(2, b"late")], "w1") == (-1, False), (
-        "a late tile stores nothing"
-    )
+    assert store.record_outputs(job_id, [(2, b"late")], "w1", model="m", seconds=[0.1]) == (
+        -1,
+        False,
+    ), "a late tile stores nothing"
     assert store.redis.get(store.key(job_id, "out", 2)) is None
     record = store.get(job_id)
     assert (
@@ -111,3 +113,36 @@ def test_store_errors_are_redis_errors() -> None:
     broken = JobStore(redis.Redis(port=1, socket_connect_timeout=0.2), ttl=60)
     with pytest.raises(redis.ConnectionError):
         broken.get("x")
+
+
+def test_jobs_are_planned_for_the_hungriest_engine_up(store: JobStore, settings) -> None:
+    from common.imageio import encode
+    from common.models import Registry
+    from common.params import parse_params
+
+    budget = 4 << 30
+    store.announce_worker("ov@a", 1, window_budget=budget, memory_key="openvino-cpu")
+    capacity = store.capacity()
+    assert capacity == (1, (("openvino-cpu", budget),))
+    image = encode(np.zeros((720, 1280, 3), np.uint8), "png")
+    params = parse_params(model="realesrgan-x4plus-anime")
+    registry = Registry(settings)
+    spec = registry.get("realesrgan-x4plus-anime")
+
+    def window_peak(limits: tuple[tuple[str, int], ...], key: str) -> tuple[int, int]:
+        plan = jobs.prepare(image, params, settings, registry, 1, limits).plan.tiles
+        facts = spec.window_memory(key)
+        assert facts is not None
+        return plan.window_width * plan.window_height, facts.peak(
+            plan.window_width * plan.window_height
+        )
+
+    ov_pixels, ov_peak = window_peak(capacity.limits, "openvino-cpu")
+    assert ov_peak <= budget
+    # an ORT worker joins: its windows take more memory, so the next job's fit it too
+    store.announce_worker("ort@b", 1, window_budget=budget, memory_key="ort-cpu")
+    both = store.capacity()
+    assert both.slots == 2 and len(both.limits) == 2
+    mixed_pixels, ort_peak = window_peak(both.limits, "ort-cpu")
+    assert ort_peak <= budget
+    assert mixed_pixels < ov_pixels, "OpenVINO's leaner windows were planned for an ORT worker"

@@ -23,6 +23,9 @@ from common import memory
 from common.cluster import callbacks, jobs
 from common.cluster.protocol import STITCH_TASK
 from common.cluster.store import JobStore
+from common.engines import select
+from common.engines.host import detect_host
+from common.errors import ConfigError
 from common.settings import Settings
 from worker.app import app
 from worker.app import settings as configured
@@ -32,6 +35,7 @@ log = logging.getLogger(__name__)
 # outside a worker (a test importing the tasks) one process has all the cores
 _settings = dataclasses.replace(configured, threads=configured.session_threads())
 _pool_processes = 1
+_takes_stitches = True
 _store: JobStore | None = None
 plans = jobs.PlanCache()
 """This process's parsed plans (each job's plan is read and parsed once per process)."""
@@ -50,6 +54,19 @@ def store() -> JobStore:
     return _store
 
 
+def takes_stitches() -> bool:
+    """Whether this worker consumes the stitch queue (so it stitches a job its task completes)."""
+    return _takes_stitches
+
+
+def _queues(sender: Any, default: str) -> set[str]:
+    """The queues the worker consumes (``-Q``), known before the pool forks."""
+    try:
+        return {q.name for q in sender.app.amqp.queues.consume_from.values()}
+    except Exception:  # older Celery: assume it takes ``default``
+        return {default}
+
+
 def _pool_size(sender: Any) -> int:
     concurrency = getattr(sender, "concurrency", 1)
     return concurrency if isinstance(concurrency, int) and concurrency > 0 else 1
@@ -58,8 +75,9 @@ def _pool_size(sender: Any) -> int:
 @signals.worker_init.connect
 def _resolve_threads(sender: Any = None, **_: Any) -> None:
     # runs in the main process before the pool forks: every child inherits the result
-    global _settings, _pool_processes
+    global _settings, _pool_processes, _takes_stitches
     _pool_processes = _pool_size(sender)
+    _takes_stitches = configured.stitch_queue in _queues(sender, default=configured.stitch_queue)
     _settings = dataclasses.replace(configured, threads=configured.session_threads(_pool_processes))
 
 
@@ -73,12 +91,7 @@ def _fresh_process(**_: Any) -> None:
 def _start_janitor(sender: Any = None, **_: Any) -> None:
     name = getattr(sender, "hostname", None) or "worker"
     slots = _pool_processes
-    consumes_tiles = True
-    try:
-        queues = {q.name for q in sender.app.amqp.queues.consume_from.values()}
-        consumes_tiles = configured.tile_queue in queues
-    except Exception:  # older Celery: assume it takes tiles
-        pass
+    consumes_tiles = configured.tile_queue in _queues(sender, default=configured.tile_queue)
     s = settings()  # never logged whole: it holds the Redis password and the tokens
     log.info(
         "srcluster worker %s: %d tile process(es), %d inference thread(s) each, engine %s, "
@@ -109,10 +122,15 @@ def _janitor(name: str, slots: int) -> None:
     s = settings()
     janitor_store = JobStore.from_url(s.redis_url, s.result_ttl)
     window_budget = memory.inference_budget(processes=max(1, _pool_processes))
+    memory_key = _memory_key(s)
     while True:
         try:
             janitor_store.announce_worker(
-                name, slots, ttl=3 * s.janitor_interval, window_budget=window_budget
+                name,
+                slots,
+                ttl=3 * s.janitor_interval,
+                window_budget=window_budget,
+                memory_key=memory_key,
             )
             for job_id in jobs.reap(janitor_store):
                 log.warning("job %s ended failed: past its timeout", job_id)
@@ -123,6 +141,18 @@ def _janitor(name: str, slots: int) -> None:
         except Exception:  # Redis restarting: try again next round
             log.warning("janitor round failed", exc_info=True)
         time.sleep(s.janitor_interval)
+
+
+def _memory_key(s: Settings) -> str:
+    """The memory key of the engine this worker's settings pick here (announced for planning).
+
+    An automatic pick that fails its quality probe serves with ORT fp32 instead,
+    whose windows take more memory; the budget's headroom covers that case.
+    """
+    try:
+        return select.choose(s, detect_host()).memory_key
+    except ConfigError:  # the worker will refuse its tiles with this error; plan as for ORT
+        return "ort-cpu"
 
 
 CALLBACK_POLL = 0.5

@@ -11,7 +11,7 @@ from celery.exceptions import Reject, SoftTimeLimitExceeded
 from common.cluster import jobs
 from common.cluster.protocol import STITCH_TASK, TILE_TASK, stitch_task_id
 from worker.app import app
-from worker.runtime import plans, settings, store
+from worker.runtime import plans, settings, store, takes_stitches
 
 log = logging.getLogger(__name__)
 LIMIT = settings().tile_time_limit
@@ -28,7 +28,16 @@ def ask_for_stitch(job_id: str) -> None:
 def upscale_tiles(self: Any, job_id: str, group: int) -> None:
     """Infer group ``group`` of job ``job_id``; a failure ends the job, never the worker."""
     try:
-        if jobs.run_group(store(), settings(), job_id, group, self.request.hostname, plans):
+        stitch_here = takes_stitches()
+        if jobs.run_group(
+            store(),
+            settings(),
+            job_id,
+            group,
+            self.request.hostname,
+            plans,
+            stitch_here=stitch_here,
+        ):
             ask_for_stitch(job_id)
     except (redis.ConnectionError, redis.TimeoutError) as error:
         # Redis is restarting: the job is not at fault; give the message back (or, if

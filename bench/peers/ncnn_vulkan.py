@@ -64,7 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         infer_start = time.perf_counter()
         out = sr.process_cv2(bgr)
         infer = time.perf_counter() - infer_start
-        ok, png = cv2.imencode(".png", out, [cv2.IMWRITE_PNG_COMPRESSION, args.png_level])
+        params = [cv2.IMWRITE_PNG_COMPRESSION, args.png_level]
+        if hasattr(cv2, "IMWRITE_PNG_FILTER"):  # the same encoder settings as srcluster's
+            params += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_PAETH]
+        ok, png = cv2.imencode(".png", out, params)
         if not ok:
             raise RuntimeError("PNG encoding failed")
         return time.perf_counter() - begin, infer, png.tobytes()

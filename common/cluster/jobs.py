@@ -26,7 +26,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +37,7 @@ from common.cluster.store import JobStatus, JobStore, WindowRead, pack_array, un
 from common.engines import Engine, get_engine
 from common.groups import MAX_GROUP
 from common.imageio import Image, content_type, decode
+from common.memory import ENGINE_KEYS
 from common.models import Registry
 from common.params import UpscaleParams
 from common.pipeline import (
@@ -87,16 +88,25 @@ class Prepared:
         return extras
 
 
+_UNKNOWN_LIMITS: tuple[tuple[str, int | None], ...] = (("ort-cpu", None),)
+"""No worker said its limits: plan ONNX Runtime windows within this host's memory."""
+
+
 def prepare(
     data: bytes,
     params: UpscaleParams,
     settings: Settings,
     registry: Registry,
     workers: int = 1,
-    window_budget: int | None = None,
+    limits: Sequence[tuple[str, int]] = (),
 ) -> Prepared:
-    """Validate and plan one upload for ``workers`` tile processes whose smallest window
-    budget is ``window_budget`` bytes (``None``: this host's); nothing is stored yet.
+    """Validate and plan one upload for ``workers`` tile processes; nothing is stored yet.
+
+    ``limits`` are the workers' ``(memory key, window budget in bytes)`` pairs
+    (:meth:`~common.cluster.store.JobStore.capacity`): the windows are the
+    smallest any of them needs, so every worker up can run every window. With
+    none known, windows are planned for ONNX Runtime on this host's memory (the
+    CPU engine whose windows take the most memory).
 
     Raises:
         ImageTooLarge, UnsupportedImage: the bytes are too many or not a usable image.
@@ -105,16 +115,19 @@ def prepare(
     check_bytes(data, settings)
     spec = registry.get(params.model)
     image = decode(data, settings.max_pixels)
-    plan = make_plan(
-        image,
-        params,
-        spec,
-        settings,
-        workers=max(1, workers),
-        # the CPU engine whose windows take the most memory: safe whichever one a worker runs
-        engine="ort-cpu",
-        window_budget=window_budget,
-    )
+    plans = [
+        make_plan(
+            image,
+            params,
+            spec,
+            settings,
+            workers=max(1, workers),
+            engine=key if key in ENGINE_KEYS else "ort-cpu",
+            window_budget=budget,
+        )
+        for key, budget in (limits or _UNKNOWN_LIMITS)
+    ]
+    plan = min(plans, key=lambda p: p.tiles.window_width * p.tiles.window_height)
     return Prepared(job_id=uuid.uuid4().hex, plan=plan, image=image)
 
 
@@ -195,11 +208,18 @@ def run_group(
     group: int,
     worker: str,
     plans: PlanCache,
+    *,
+    stitch_here: bool = False,
 ) -> bool:
     """Infer every part of task ``group`` and store their integer cores; skip a finished job.
 
-    Returns whether this call landed the job's last part: the caller then asks
-    for the stitch. Ends the job ``failed`` when it is past its deadline
+    Returns whether the caller must ask for the stitch: this call landed the
+    job's last part and ``stitch_here`` is false. With ``stitch_here`` (a worker
+    that takes stitches anyway) the stitch runs in this call instead, from the
+    cores in memory plus the other groups' from the store, which saves a message
+    and a read of this group's cores; a job of one group then stores no cores at
+    all. If the process dies meanwhile, the unacknowledged task is delivered
+    again and redoes it. Ends the job ``failed`` when it is past its deadline
     (``timeout``) or when a part of the group has been delivered more than
     ``settings.max_deliveries`` times (a tile that kills its worker every time).
 
@@ -233,7 +253,9 @@ def run_group(
     windows = [np.frombuffer(data, plan.numpy_dtype).reshape(shape) for data in start.windows]
     batch = windows_per_run(shape, engine.provider)
     outputs = []
+    seconds: list[float] = []
     for first in range(0, len(reads), batch):
+        began = time.perf_counter()
         results = infer_windows(engine, windows[first : first + batch])
         for read, output in zip(reads[first : first + batch], results, strict=True):
             plane, tile = plan.locate(read.part)
@@ -242,7 +264,16 @@ def run_group(
                 tiles, tile, output, plan.model_scale, channels, plan.numpy_dtype
             )
             outputs.append((read.part, core.tobytes()))  # C order, whatever core's strides
-    _, landed = store.record_outputs(job_id, outputs, worker)
+        # the windows of one engine call finish together: each is charged an equal share
+        ran = len(results)
+        seconds += [(time.perf_counter() - began) / ran] * ran
+    whole_job = stitch_here and len(outputs) == plan.part_count
+    _, landed = store.record_outputs(
+        job_id, outputs, worker, model=plan.model, seconds=seconds, keep=not whole_job
+    )
+    if whole_job or (landed and stitch_here):
+        stitch(store, settings, job_id, known=dict(outputs))
+        return False
     return landed
 
 
@@ -279,12 +310,22 @@ class TilesPending(Exception):
     """The stitch ran before every part was done (a stitch sent twice, or by hand, came early)."""
 
 
-def stitch(store: JobStore, settings: Settings, job_id: str) -> bool:
+def stitch(
+    store: JobStore,
+    settings: Settings,
+    job_id: str,
+    *,
+    known: Mapping[int, bytes] | None = None,
+) -> bool:
     """Assemble, post-process and encode a job's result; returns whether this call ended the job.
+
+    ``known`` holds cores already in memory (by part), read from the store only
+    when absent (a job of one group, stitched where it ran, stores none).
 
     Raises:
         TilesPending: some parts are not done yet; try again shortly.
     """
+    known = known or {}
     record = store.get(job_id)
     if record is None or record.status.finished:
         return False
@@ -304,9 +345,9 @@ def stitch(store: JobStore, settings: Settings, job_id: str) -> bool:
         for start in range(0, len(tiles), chunk):
             group = tiles.tiles[start : start + chunk]
             parts = [plan.part(p, t) for t in group]
-            for tile, part, data in zip(
-                group, parts, store.read_outputs(job_id, parts), strict=True
-            ):
+            stored = iter(store.read_outputs(job_id, [n for n in parts if n not in known]))
+            for tile, part in zip(group, parts, strict=True):
+                data = known[part] if part in known else next(stored)
                 if data is None:
                     if store.status(job_id) in (JobStatus.PENDING, JobStatus.PROCESSING):
                         store.fail(job_id, "lost_tile", f"the output of tile {part} is missing")

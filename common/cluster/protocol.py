@@ -19,6 +19,24 @@ STITCH_TASK = "srcluster.stitch"
 landed the last one (or by a janitor, when that never happened)."""
 
 
+BROKER_PRIORITY_SEP = "\x06\x16"
+"""How kombu's Redis transport names a queue's priority lists: ``<queue><sep><priority>``."""
+
+BROKER_PRIORITY_STEPS = (0, 3, 6, 9)
+"""kombu's default priority steps; step 0 is the queue's own list, named just ``<queue>``."""
+
+BROKER_UNACKED = "unacked"
+"""kombu's hash of messages a worker has taken and not yet acknowledged (tasks running,
+or reserved), across all queues."""
+
+
+def broker_lists(queue: str) -> list[str]:
+    """The Redis lists that hold ``queue``'s waiting messages (``LLEN`` each, summed, is its
+    depth). We send no priorities, so everything waits in the first; the others are read
+    so a priority sent by hand still counts."""
+    return [queue] + [f"{queue}{BROKER_PRIORITY_SEP}{step}" for step in BROKER_PRIORITY_STEPS[1:]]
+
+
 def tile_task_id(job_id: str, group: int) -> str:
     """The Celery task id of a job's group: derived, so revoking needs only the job id."""
     return f"{job_id}-{group}"

@@ -27,6 +27,7 @@ every one with the result TTL::
     srcluster:workers        sorted set of worker names, scored by when their heartbeat expires
     srcluster:worker-slots   hash worker name -> its tile processes
     srcluster:worker-engines hash "worker pid model" -> what runs it (``Engine.describe()``)
+    srcluster:stats          hash of counters and latency buckets, no TTL (:mod:`common.cluster.stats`)
 
 Arrays travel as raw bytes or ``.npy`` (dtype, shape, data; never pickles), not
 PNG: encoding every tile would cost more than a compact-model tile's inference.
@@ -47,16 +48,18 @@ import io
 import json
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 import redis
 
-from common.cluster import lua
+from common.cluster import lua, stats
+from common.cluster.protocol import BROKER_UNACKED, broker_lists
+from common.cluster.stats import STATS
 
 PREFIX = "srcluster:job:"
 ACTIVE = "srcluster:active"
@@ -125,6 +128,22 @@ def unpack_array(data: bytes) -> npt.NDArray[Any]:
     """Inverse of :func:`pack_array`; refuses pickled objects."""
     array: npt.NDArray[Any] = np.load(io.BytesIO(data), allow_pickle=False)
     return array
+
+
+class WorkerInfo(NamedTuple):
+    """What a worker announced: tile processes, window budget per process in bytes (0:
+    unknown) and the memory key of its engine (empty: unknown)."""
+
+    slots: int
+    window_budget: int
+    memory_key: str
+
+
+class Capacity(NamedTuple):
+    """The tile processes up, and each distinct ``(memory key, window budget)`` among them."""
+
+    slots: int
+    limits: tuple[tuple[str, int], ...]
 
 
 @dataclass
@@ -261,6 +280,7 @@ class JobStore:
         pipe.hset(self.key(job_id), mapping=record)
         pipe.expire(self.key(job_id), self.ttl)
         pipe.zadd(ACTIVE, {self.key(job_id): now + timeout})
+        pipe.hincrby(STATS, f"jobs:{JobStatus.PENDING.value}", 1)
         pipe.execute()
 
     def get(self, job_id: str) -> JobRecord | None:
@@ -327,7 +347,8 @@ class JobStore:
         args: list[str | float | int] = [to.value, time.time(), *(s.value for s in allowed), "--"]
         for name, value in fields.items():
             args += [name, value]
-        return bool(self._transition(keys=[self.key(job_id), ACTIVE, CALLBACKS], args=args))
+        keys = [self.key(job_id), ACTIVE, STATS, CALLBACKS]
+        return bool(self._transition(keys=keys, args=args))
 
     def start(self, job_id: str) -> None:
         """Mark a pending job ``processing`` (the first tile has begun)."""
@@ -360,19 +381,29 @@ class JobStore:
         return changed
 
     def succeed(self, job_id: str, result: bytes, output: Mapping[str, Any]) -> bool:
-        """Store the final image and end the job ``success`` (counting the stitch); a second call changes nothing."""
-        if self.status(job_id) not in (JobStatus.PENDING, JobStatus.PROCESSING):
+        """Store the final image and end the job ``success`` (counting the stitch, and its
+        time since submission in the job latency histogram); a second call changes nothing."""
+        status, created, params = self.redis.hmget(self.key(job_id), "status", "created", "params")
+        if status is None or JobStatus(status.decode()).finished:
             return False
         self.redis.set(self.key(job_id, "result"), result, ex=self.ttl)
+        now = time.time()
         changed = self.transition(
             job_id,
             JobStatus.SUCCESS,
             [JobStatus.PENDING, JobStatus.PROCESSING],
             output=json.dumps(dict(output)),
-            finished=time.time(),
+            finished=now,
         )
         if changed:
-            self.redis.hincrby(self.key(job_id), "stitches", 1)
+            model = str(json.loads(params).get("model", ""))
+            seconds = max(0.0, now - float(created))
+            kind = stats.JOB_SECONDS
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.hincrby(self.key(job_id), "stitches", 1)
+            pipe.hincrby(STATS, stats.bucket_field(kind, model, seconds, stats.JOB_BUCKETS), 1)
+            pipe.hincrbyfloat(STATS, stats.sum_field(kind, model), seconds)
+            pipe.execute()
             self.drop_tiles(job_id)
         else:
             # cancelled between the check and the transition: the result must not outlive it
@@ -419,7 +450,12 @@ class JobStore:
         ``runner`` (``host:pid``) as running them, mark the job ``processing`` and
         read their input windows (see :class:`GroupStart` for when it does not).
         """
-        keys = [self.key(job_id), self.key(job_id, "deliveries"), self.key(job_id, "running")]
+        keys = [
+            self.key(job_id),
+            self.key(job_id, "deliveries"),
+            self.key(job_id, "running"),
+            STATS,
+        ]
         keys += [self.key(job_id, "in", r.plane, r.column) for r in reads]
         args: list[str | int | float] = [runner, self.ttl, time.time(), max_deliveries, len(reads)]
         for r in reads:
@@ -430,18 +466,39 @@ class JobStore:
         return GroupStart(status, float(reply[1]), int(reply[2]), int(reply[3]), windows)
 
     def record_outputs(
-        self, job_id: str, outputs: list[tuple[int, bytes]], worker: str
+        self,
+        job_id: str,
+        outputs: list[tuple[int, bytes]],
+        worker: str,
+        *,
+        model: str,
+        seconds: Sequence[float],
+        keep: bool = True,
     ) -> tuple[int, bool]:
-        """Store parts' output cores, mark them done, note the worker, atomically.
+        """Store parts' output cores, mark them done, note the worker, atomically; a part
+        done for the first time is counted in ``model``'s tiles, and its ``seconds`` (one
+        per output) in the tile latency histogram.
+
+        Without ``keep`` the cores are not stored (the caller holds every part of
+        the job and stitches them itself) and the job is never marked landed, so no
+        one else stitches it without them.
 
         Returns ``(parts done so far, whether this call landed the job's last part)``;
         ``(-1, False)``, with nothing stored, if the job has ended.
+
+        Raises:
+            ValueError: ``seconds`` and ``outputs`` differ in length (nothing is stored).
         """
-        keys = [self.key(job_id), self.key(job_id, "done"), self.key(job_id, "workers")]
+        if len(seconds) != len(outputs):
+            raise ValueError(f"{len(seconds)} timings for {len(outputs)} outputs")
+        keys = [self.key(job_id), self.key(job_id, "done"), self.key(job_id, "workers"), STATS]
         keys += [self.key(job_id, "out", part) for part, _ in outputs]
         args: list[str | int | float | bytes] = [worker, self.ttl, time.time(), len(outputs)]
+        args += [model]
         args += [part for part, _ in outputs]
-        args += [data for _, data in outputs]
+        args += [data if keep else b"" for _, data in outputs]
+        args += [stats.bucket_of(s, stats.TILE_BUCKETS) for s in seconds]
+        args += [repr(float(s)) for s in seconds]
         done, landed = self._record_outputs(keys=keys, args=args)
         return int(done), bool(landed)
 
@@ -508,33 +565,34 @@ class JobStore:
 
     # --- workers ------------------------------------------------------------------
 
-    def announce_worker(self, name: str, slots: int, ttl: int = 30, window_budget: int = 0) -> None:
+    def announce_worker(
+        self, name: str, slots: int, ttl: int = 30, window_budget: int = 0, memory_key: str = ""
+    ) -> None:
         """A worker says it is up with ``slots`` tile processes, each of which may spend
-        ``window_budget`` bytes on a window (0: unknown); it must repeat within ``ttl``."""
+        ``window_budget`` bytes on a window (0: unknown) of the engine ``memory_key`` names
+        (a :mod:`common.memory` key; empty: unknown); it must repeat within ``ttl``."""
         pipe = self.redis.pipeline(transaction=True)
         pipe.zadd(WORKERS, {name: time.time() + ttl})
-        pipe.hset(WORKER_SLOTS, name, f"{slots} {window_budget}")
+        pipe.hset(WORKER_SLOTS, name, f"{slots} {window_budget} {memory_key}".rstrip())
         pipe.execute()
 
-    def workers_up(self) -> dict[str, tuple[int, int]]:
-        """Workers whose heartbeat has not expired: name -> (tile processes, window budget
-        in bytes, 0 if unknown), in one round trip."""
+    def workers_up(self) -> dict[str, WorkerInfo]:
+        """Workers whose heartbeat has not expired, by name, in one round trip."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.zrangebyscore(WORKERS, time.time(), "+inf")
         pipe.hgetall(WORKER_SLOTS)
         names, slots = pipe.execute()
-        table: dict[str, tuple[int, int]] = {}
+        table: dict[str, WorkerInfo] = {}
         for key, value in slots.items():
-            count, _, budget = value.decode().partition(" ")
-            table[key.decode()] = (int(count), int(budget or 0))
-        return {n.decode(): table.get(n.decode(), (0, 0)) for n in names}
+            count, budget, memory_key = (value.decode().split(" ") + ["", ""])[:3]
+            table[key.decode()] = WorkerInfo(int(count), int(budget or 0), memory_key)
+        return {n.decode(): table.get(n.decode(), WorkerInfo(0, 0, "")) for n in names}
 
-    def capacity(self) -> tuple[int, int | None]:
-        """``(tile processes up, the smallest window budget among them)``, for planning a job;
-        the budget is ``None`` when no tile worker said one."""
-        up = [info for info in self.workers_up().values() if info[0] > 0]
-        budgets = [budget for _, budget in up if budget > 0]
-        return sum(slots for slots, _ in up), min(budgets) if budgets else None
+    def capacity(self) -> Capacity:
+        """What a job is planned for: the tile processes up and each distinct window limit."""
+        up = [info for info in self.workers_up().values() if info.slots > 0]
+        limits = {(info.memory_key, info.window_budget) for info in up if info.window_budget > 0}
+        return Capacity(sum(info.slots for info in up), tuple(sorted(limits)))
 
     def report_engine(self, worker: str, model: str, description: str) -> None:
         """A worker process says which engine runs ``model`` (shown by ``GET /``)."""
@@ -552,9 +610,62 @@ class JobStore:
 
     def worker_slots(self) -> int:
         """Tile processes across the workers that announced themselves recently."""
-        return sum(slots for slots, _ in self.workers_up().values())
+        return sum(info.slots for info in self.workers_up().values())
 
     def forget_dead_workers(self) -> None:
         """Drop the heartbeats that expired (the janitor's housekeeping; atomic, so a worker
         announcing itself meanwhile is never forgotten)."""
         self._forget_dead(keys=[WORKERS, WORKER_SLOTS, WORKER_ENGINES], args=[time.time()])
+
+    # --- metrics ------------------------------------------------------------------
+
+    def metrics(self, queues: Sequence[str]) -> stats.Snapshot:
+        """What ``GET /metrics`` reports, with the broker depth of each of ``queues``
+        (Celery queue names), in two round trips: one for the counters, the broker and
+        the workers, one for the status of each unfinished job."""
+        now = time.time()
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(STATS)
+        pipe.zrange(ACTIVE, 0, -1)
+        pipe.zrangebyscore(WORKERS, now, "+inf")
+        pipe.hgetall(WORKER_SLOTS)
+        pipe.hgetall(WORKER_ENGINES)
+        pipe.hlen(BROKER_UNACKED)
+        lists = {queue: broker_lists(queue) for queue in dict.fromkeys(queues)}
+        for keys in lists.values():
+            for key in keys:
+                pipe.llen(key)
+        raw, active, names, slots, engines, unacked, *lengths = pipe.execute()
+        pipe = self.redis.pipeline(transaction=False)
+        for key in active:
+            pipe.hget(key, "status")
+        unfinished = {JobStatus.PENDING.value: 0, JobStatus.PROCESSING.value: 0}
+        for status in pipe.execute() if active else []:
+            if status is not None and status.decode() in unfinished:
+                unfinished[status.decode()] += 1
+        depth: dict[str, int] = {}
+        at = 0
+        for queue, keys in lists.items():
+            depth[queue] = sum(lengths[at : at + len(keys)])
+            at += len(keys)
+        up = [n.decode() for n in names]
+        processes = {k.decode(): int(v.decode().partition(" ")[0]) for k, v in slots.items()}
+        described = set()
+        for key, value in engines.items():
+            worker, _, rest = key.decode().partition(" ")
+            if worker in up:
+                described.add((worker, rest.partition(" ")[2], value.decode()))
+        jobs, tiles, tile_seconds, job_seconds = stats.parse(
+            {k.decode(): v.decode() for k, v in raw.items()}, [s.value for s in JobStatus]
+        )
+        return stats.Snapshot(
+            jobs_entered=jobs,
+            jobs_unfinished=unfinished,
+            tiles=tiles,
+            tile_seconds=tile_seconds,
+            job_seconds=job_seconds,
+            queues=depth,
+            unacked=int(unacked),
+            workers={name: processes.get(name, 0) for name in up},
+            engines=sorted(described),
+        )

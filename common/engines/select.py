@@ -67,6 +67,15 @@ class Choice:
     automatic: bool
 
     @property
+    def memory_key(self) -> str:
+        """The :mod:`common.memory` key of what this choice runs on (its windows' memory facts)."""
+        if self.engine == "openvino":
+            return "openvino-cpu"
+        if self.provider == "cpu":
+            return "ort-cpu"
+        return "ort-cuda-fp16" if self.precision == "fp16" else "ort-cuda-fp32"
+
+    @property
     def is_reference(self) -> bool:
         """Whether this is ORT fp32, the reference the gate compares against."""
         return self.engine == "ort" and self.precision == "fp32"
