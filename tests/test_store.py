@@ -115,10 +115,16 @@ def test_store_errors_are_redis_errors() -> None:
         broken.get("x")
 
 
-def test_jobs_are_planned_for_the_hungriest_engine_up(store: JobStore, settings) -> None:
+def test_jobs_are_planned_for_the_hungriest_engine_up(redis_url: str, settings) -> None:
     from common.imageio import encode
     from common.models import Registry
     from common.params import parse_params
+
+    # a database of its own: the session's workers announce themselves in database 0
+    shared = redis.Redis.from_url(redis_url)
+    store = JobStore(redis.Redis(**{**shared.connection_pool.connection_kwargs, "db": 9}), ttl=60)
+    shared.close()
+    store.redis.flushdb()
 
     budget = 4 << 30
     store.announce_worker("ov@a", 1, window_budget=budget, memory_key="openvino-cpu")
