@@ -121,9 +121,9 @@ def test_jobs_are_planned_for_the_hungriest_engine_up(redis_url: str, settings) 
     from common.params import parse_params
 
     # a database of its own: the session's workers announce themselves in database 0
-    shared = redis.Redis.from_url(redis_url)
-    store = JobStore(redis.Redis(**{**shared.connection_pool.connection_kwargs, "db": 9}), ttl=60)
-    shared.close()
+    pool = redis.ConnectionPool.from_url(redis_url)
+    pool.connection_kwargs["db"] = 9
+    store = JobStore(redis.Redis(connection_pool=pool), ttl=60)
     store.redis.flushdb()
 
     budget = 4 << 30
