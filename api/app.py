@@ -6,7 +6,7 @@ from importlib import metadata
 
 from flask import Flask
 
-from api import errors, metrics, routes, ui
+from api import cors, errors, metrics, routes, ui
 from api.auth import TokenTable
 from api.celery_client import TaskSender
 from api.services import Services
@@ -63,6 +63,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         waits=Waits(settings.wait_slots),
     )
     errors.register(app)
+    cors.register(app, settings.cors_origin_list())
     app.register_blueprint(routes.bp)
     app.register_blueprint(metrics.bp)
     ui.register(app)

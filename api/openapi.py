@@ -164,8 +164,14 @@ def document(version: str, settings: Settings) -> dict[str, Any]:
                         ),
                         "422": _error(
                             "a parameter is malformed or out of range, neither or both of file and url, "
-                            "an unknown model, a refused url or callback_url, or a malformed "
-                            "`Prefer: wait`; `detail.parameter` names it"
+                            "an unknown model, a refused url or callback_url (`bad_parameter`, "
+                            "`unknown_model`); a malformed `Prefer: wait` (`detail.parameter` is "
+                            "`Prefer`); a field this API does not know (`unknown_field`, "
+                            "`detail.fields`) or one given twice, two file parts; an animated image "
+                            "or a multi-page TIFF (`animated_image`: refused, not cut to one frame); "
+                            "a job whose estimated inference time exceeds its timeout "
+                            "(`job_too_long`, `detail.estimate` and `detail.formula`). "
+                            "`detail.parameter` names the field"
                         ),
                         "503": _UNAVAILABLE,
                     },
@@ -269,12 +275,15 @@ def _page(operation_id: str, summary: str) -> dict[str, Any]:
 def _submit_schema(settings: Settings) -> dict[str, Any]:
     return {
         "type": "object",
-        "description": "Exactly one of `file` and `url`.",
+        "description": "Exactly one of `file` and `url`. Each field at most once; any other field "
+        "is refused (422 `unknown_field`), never ignored.",
+        "additionalProperties": False,
         "properties": {
             "file": {
                 "type": "string",
                 "format": "binary",
-                "description": "the image (png, jpeg, webp, tiff, bmp)",
+                "description": "a still image (png, jpeg, webp, tiff, bmp); an animated webp, png "
+                "or gif, or a tiff of several pages, is refused (422 `animated_image`)",
             },
             "url": {
                 "type": "string",
@@ -317,14 +326,17 @@ def _submit_schema(settings: Settings) -> dict[str, Any]:
             },
             "format": {
                 "type": "string",
-                "description": "png, jpg (jpeg), webp or tiff (tif), any case; default: the input's (png for bmp)",
+                "description": "png, jpg (jpeg), webp or tiff (tif), any case; default: the input's "
+                "(png for bmp). JPEG has no alpha: a translucent image is flattened over white, "
+                "and the job's `notes` say so",
             },
             "timeout": {
                 "type": "integer",
                 "minimum": 1,
                 "maximum": settings.max_timeout,
                 "default": settings.timeout,
-                "description": "seconds before the job ends `failed`",
+                "description": "seconds before the job ends `failed`; a job estimated to need "
+                "more is refused at once (422 `job_too_long`)",
             },
             "callback_url": {
                 "type": "string",
@@ -471,6 +483,22 @@ def _schemas() -> dict[str, Any]:
                 "height": {"type": "integer"},
                 "format": {"type": "string"},
                 "content_type": {"type": "string"},
+                "notes": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "what was done that the request did not ask for, e.g. "
+                    "transparency flattened over white for JPEG",
+                },
+                "estimated_seconds": {
+                    "type": "number",
+                    "description": "inference time estimated at submit (tiles x measured "
+                    "seconds per tile on the workers up)",
+                },
+                "eta_seconds": {
+                    "type": ["number", "null"],
+                    "description": "while unfinished: seconds left, from the tiles done and the "
+                    "time since the first started (before any: the estimate less the time since)",
+                },
                 "error": {
                     "type": "object",
                     "required": ["code", "message"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 from typing import Any, cast
 
@@ -15,7 +16,8 @@ from api.services import Services
 from common.cluster import callbacks, jobs
 from common.cluster.events import wait_until_ended
 from common.cluster.store import JobRecord, JobStatus
-from common.errors import BadParameter, UnsupportedImage
+from common.errors import BadParameter, UnknownField, UnsupportedImage
+from common.estimate import refuse_too_long
 from common.imageio import extension
 from common.models import DEFAULT_MODEL
 from common.params import parse_params
@@ -26,6 +28,10 @@ JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 """What :func:`common.cluster.jobs.prepare` makes (``uuid4().hex``); anything else never reaches Redis."""
 
 PARAM_FIELDS = ("scale", "tile_size", "tile_pad", "skip_alpha", "resize_to", "format")
+
+SUBMIT_FIELDS = frozenset({"file", "url", "model", "timeout", "callback_url", *PARAM_FIELDS})
+"""Every field ``POST /sr`` knows: krau/super-resolution-api's own (file, url, model, scale,
+tile_size, skip_alpha, resize_to, timeout) and ours (tile_pad, format, callback_url). Any other is refused."""
 
 check_callback = callbacks.check_url
 """The ``callback_url`` check (tests swap in one with an offline resolver)."""
@@ -101,6 +107,42 @@ def _timeout(raw: str | None) -> int:
     return value
 
 
+def _check_fields() -> None:
+    """Refuse fields ``POST /sr`` does not know, and any field given more than once.
+
+    Raises:
+        UnknownField: a field not in :data:`SUBMIT_FIELDS` (all of them named, with the
+            nearest known name when one is close).
+        BadParameter: a field given twice (two ``file`` parts too), or a file part
+            for a plain field.
+    """
+    names = set(request.form) | set(request.files)
+    unknown = sorted(names - SUBMIT_FIELDS)
+    if unknown:
+        hints = {n: m[0] for n in unknown if (m := difflib.get_close_matches(n, SUBMIT_FIELDS, 1))}
+        said = ", ".join(f"{n!r}" + (f" (did you mean {hints[n]!r}?)" if n in hints else "")
+                         for n in unknown)  # fmt: skip
+        raise UnknownField(
+            f"unknown field{'s' if len(unknown) > 1 else ''} {said}; "
+            f"POST /sr takes {', '.join(sorted(SUBMIT_FIELDS))}",
+            parameter=unknown[0],
+            fields=unknown,
+            suggestions=hints,
+        )
+    for name in sorted(names):
+        count = len(request.form.getlist(name)) + len(request.files.getlist(name))
+        if count > 1:
+            what = "file parts" if name == "file" else "values"
+            raise BadParameter(
+                f"{count} {what} for {name}; a job takes one of each field "
+                "(send one request per image)",
+                parameter=name,
+                count=count,
+            )
+        if name != "file" and name in request.files:
+            raise BadParameter(f"{name} must be a plain form field, not a file", parameter=name)
+
+
 def _upload() -> bytes:
     """The image bytes of ``POST /sr``: the ``file`` upload or what ``url`` points to.
 
@@ -135,6 +177,7 @@ def _upload() -> bytes:
 def submit() -> Response:
     svc = services()
     form = request.form
+    _check_fields()
     params = parse_params(
         model=form.get("model", "").strip() or DEFAULT_MODEL,
         **{name: form.get(name) for name in PARAM_FIELDS},
@@ -149,6 +192,9 @@ def submit() -> Response:
         data, params, svc.settings, svc.registry, workers=capacity.slots, limits=capacity.limits
     )
     del data
+    estimate = jobs.estimate_job(svc.store, svc.registry, prepared.plan, capacity.slots)
+    if svc.settings.estimate_check:
+        refuse_too_long(estimate, timeout, svc.settings.max_timeout)
     jobs.submit(
         svc.store,
         prepared,
@@ -156,6 +202,7 @@ def submit() -> Response:
         owner=g.caller.owner,
         owner_name=g.caller.name,
         timeout=timeout,
+        estimate=estimate.seconds,
         callback_url=callback_url,
     )
     try:

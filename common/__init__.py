@@ -12,9 +12,11 @@ on a worker host.
 The pure core, one module per noun:
 
 - ``settings``, ``errors``, ``params``: configuration, the error tree, request parameters.
-- ``imageio`` (decode/encode) and ``metadata`` (EXIF orientation, PNG chunks, byte-level).
+- ``imageio`` (decode/encode), ``metadata`` (EXIF orientation, PNG chunks, byte-level) and
+  ``frames`` (animations and page stacks, refused).
 - ``tiling``: tile geometry and stitching that reproduce whole-image inference.
 - ``models`` (the registry) and ``ncnn`` (the ncnn-to-ONNX converter).
 - ``engines/``: the inference backends behind one ``Engine`` contract.
 - ``pipeline``: the local ``plan -> infer -> stitch`` pipeline, the cluster's reference.
+- ``estimate``: a job's estimated inference time, and its ETA while it runs.
 """

@@ -7,7 +7,10 @@
     |   +-- UnsupportedImage        not an image we can read (415)
     |   +-- ImageTooLarge           bytes or pixels over a configured limit (413)
     |   +-- BadParameter            a parameter out of range or malformed (422)
-    |   +-- UnknownModel            no model by that name (422)
+    |       +-- UnknownModel        no model by that name (422)
+    |       +-- UnknownField        a form field the API does not know (422)
+    |       +-- AnimatedImage       an animated image or a multi-page TIFF (422)
+    |       +-- JobTooLong          its estimated run time exceeds its timeout (422)
     +-- ModelError                  a model file we cannot use
     |   +-- ConversionError         an ncnn layer or weight format we do not understand
     +-- ConfigError                 a setting is missing or malformed (fails at start-up)
@@ -68,6 +71,29 @@ class UnknownModel(BadParameter):
     """No model is registered under that name."""
 
     code = "unknown_model"
+
+
+class UnknownField(BadParameter):
+    """A request names a field the API does not know (a misspelling is never run at defaults)."""
+
+    code = "unknown_field"
+
+
+class AnimatedImage(BadParameter):
+    """An animated image (WebP, APNG, GIF) or a multi-page TIFF: srcluster upscales stills only.
+
+    Refused rather than upscaled frame by frame or cut to its first frame, so no
+    caller gets one frame back believing it got the animation.
+    """
+
+    code = "animated_image"
+
+
+class JobTooLong(BadParameter):
+    """A job's estimated run time (:mod:`common.estimate`) exceeds its timeout: refused at
+    submit rather than failed an hour later; ``detail["estimate"]`` holds the facts."""
+
+    code = "job_too_long"
 
 
 class ModelError(SrclusterError):

@@ -2,7 +2,9 @@
 
 The contract:
 
-- Formats read: png, jpeg, webp, bmp, tiff (first frame or page only).
+- Formats read: png, jpeg, webp, bmp, tiff, still images only: an animated
+  WebP or PNG (APNG), an animated GIF or a TIFF of several full-size pages
+  raises :class:`AnimatedImage` (a still GIF is unsupported, like any GIF).
   Formats written: png, jpeg, webp, tiff; bmp input is written as png.
 - Pixels are an ``np.ndarray`` of shape ``(H, W, C)`` with ``C`` in ``{1, 3, 4}``
   (gray, RGB, RGBA; never BGR), dtype ``uint8`` or ``uint16``. Gray+alpha and
@@ -16,12 +18,14 @@ The contract:
   ``Exif\\0\\0`` prefix JPEG's APP1 segment uses; TIFF input keeps no EXIF.
 - The ICC profile and EXIF are written back for png (8 and 16 bit), jpeg and
   webp (JPEG drops an EXIF blob over its 64 KiB segment); TIFF output carries
-  neither. JPEG output drops alpha (no compositing onto a background).
+  neither. JPEG has no alpha: JPEG output composites RGBA over
+  :data:`JPEG_BACKGROUND` (white).
 - :func:`probe` reads headers only, so a small file claiming a huge image is
   refused before any pixel memory is allocated.
 
 Errors (see :mod:`common.errors`): :class:`UnsupportedImage` for bytes that are
-not an image we read, or are damaged or truncated; :class:`ImageTooLarge` for
+not an image we read, or are damaged or truncated; :class:`AnimatedImage` for
+several frames or pages; :class:`ImageTooLarge` for
 width * height over ``max_pixels``; :class:`BadParameter` for an unknown format
 or quality. No OpenCV or Pillow exception leaves :func:`probe` or :func:`decode`.
 A caller passing :func:`encode` an array outside the pixel contract gets
@@ -44,6 +48,7 @@ import numpy as np
 import numpy.typing as npt
 import PIL.Image
 
+from common import frames
 from common.errors import BadParameter, ImageTooLarge, UnsupportedImage
 from common.metadata import (
     TIFF_HEADERS,
@@ -73,6 +78,10 @@ if hasattr(cv2, "IMWRITE_PNG_FILTER"):  # OpenCV 4.11+
 five per row: on 2400x2048 model output (Xeon, 4 interleaved rounds) 1.5-2x faster at
 the same size (photo 6.46 MB vs 6.40, flat drawing 1.27 vs 1.25). Huffman-only and RLE
 were as fast on photos but 2.4-2.6x larger on flat drawings."""
+
+JPEG_BACKGROUND = 255
+"""The gray level (on every channel: white) that transparent pixels are flattened over in JPEG
+output, which has no alpha channel."""
 
 Pixels = npt.NDArray[Any]
 """An (H, W, C) uint8 or uint16 array, C in {1, 3, 4}, RGB(A) channel order."""
@@ -281,6 +290,8 @@ def encode(
     out = io.BytesIO()
     if fmt == "jpeg":
         rgb = a8[:, :, 0] if a8.shape[2] == 1 else a8[:, :, :3]
+        if a8.shape[2] == 4:
+            rgb = flatten(a8)
         PIL.Image.fromarray(np.ascontiguousarray(rgb)).save(
             out,
             "JPEG",
@@ -308,6 +319,14 @@ def encode(
             exif=tiff_exif or b"",
         )
     return out.getvalue()
+
+
+def flatten(rgba: Pixels, background: int = JPEG_BACKGROUND) -> Pixels:
+    """Composite 8-bit (H, W, 4) ``rgba`` over a flat ``background`` gray: (H, W, 3) uint8."""
+    color = rgba[:, :, :3].astype(np.uint32)
+    alpha = rgba[:, :, 3:4].astype(np.uint32)
+    mixed = (color * alpha + background * (255 - alpha) + 127) // 255
+    return mixed.astype(np.uint8)
 
 
 # --- decoding ---------------------------------------------------------------
@@ -385,6 +404,8 @@ def _read_header(data: bytes) -> _Header:
     if not data:
         raise UnsupportedImage("the file is empty (0 bytes)", format=None)
     found = _sniff(data)
+    if found == "GIF" and (count := frames.gif_frames(data)) > 1:
+        raise frames.animated("GIF", count)
     if found not in FORMATS:
         raise UnsupportedImage(
             f"{found} is not a supported image format (png, jpeg, webp, bmp, tiff)",
@@ -409,6 +430,15 @@ def _read_header(data: bytes) -> _Header:
             format=found,
         ) from None
     fmt = _PIL_FORMATS.get(im.format or "", found)
+    try:
+        with _quiet_pillow():
+            count = frames.still_frames(im, fmt)
+    except Exception:
+        im.close()
+        raise _damaged(fmt) from None
+    if count > 1:
+        im.close()
+        raise frames.animated(fmt, count)
     exif = None
     if fmt != "tiff":  # a TIFF's tags are the file's structure, not an EXIF blob
         exif, orientation = _exif_of(im, fmt, data)

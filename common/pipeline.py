@@ -36,6 +36,12 @@ from common.models import ModelSpec, Registry
 from common.params import UpscaleParams
 from common.settings import Settings
 
+ALPHA_FLATTENED = (
+    "the image has transparency and JPEG has none: transparent areas were flattened over "
+    "white (#ffffff); ask for png or webp to keep them"
+)
+"""The note of a translucent input written as JPEG (see :data:`common.imageio.JPEG_BACKGROUND`)."""
+
 Progress = Callable[[int, int], None]
 """Called with ``(done, total)`` tiles as work advances."""
 
@@ -63,6 +69,8 @@ class JobPlan:
     output_height: int
     format: str
     group: int = 1
+    notes: tuple[str, ...] = ()
+    """What the caller should know about the result that it did not ask for, in words."""
 
     @cached_property
     def tiles(self) -> tiling.TilePlan:
@@ -122,11 +130,14 @@ class JobPlan:
         # not asdict(): that would also carry the cached tile plan
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["planes"] = list(self.planes)
+        data["notes"] = list(self.notes)
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobPlan:
-        return cls(**{**data, "planes": tuple(data["planes"])})
+        return cls(
+            **{**data, "planes": tuple(data["planes"]), "notes": tuple(data.get("notes", ()))}
+        )
 
 
 def _is_opaque(alpha: npt.NDArray[Any]) -> bool:
@@ -166,9 +177,8 @@ def make_plan(
         workers,
         max_window_pixels=memory.window_pixel_limit(spec.window_memory(engine), budget),
     )
-    planes: tuple[str, ...] = ("color",)
-    if image.has_alpha and not params.skip_alpha and not _is_opaque(image.pixels[..., 3]):
-        planes = ("color", "alpha")
+    translucent = image.has_alpha and not _is_opaque(image.pixels[..., 3])
+    planes = ("color", "alpha") if translucent and not params.skip_alpha else ("color",)
     scale = spec.scale if params.scale is None else params.scale
     out_w, out_h = max(1, round(width * scale)), max(1, round(height * scale))
     if params.resize_to is not None:
@@ -184,6 +194,7 @@ def make_plan(
     fmt = params.format or default_output_format(image.format)
     if fmt not in ("png", "jpeg", "webp", "tiff"):
         raise BadParameter(f"cannot write {fmt}", parameter="format", value=fmt)
+    notes = (ALPHA_FLATTENED,) if translucent and fmt == "jpeg" else ()
     plan = JobPlan(
         model=spec.name,
         model_scale=spec.scale,
@@ -197,6 +208,7 @@ def make_plan(
         output_width=out_w,
         output_height=out_h,
         format=fmt,
+        notes=notes,
     )
     if settings.parts_per_group > 0:
         group = settings.parts_per_group

@@ -133,6 +133,14 @@ class Settings:
     visibility_timeout: int = DEFAULT_VISIBILITY_TIMEOUT
     max_deliveries: int = DEFAULT_MAX_DELIVERIES
 
+    estimate_check: bool = True
+    """Refuse (422 ``job_too_long``) a job whose estimated inference time exceeds its timeout
+    (see ``common.estimate``); off: accept it and let the timeout end it."""
+
+    cors_origins: str = ""
+    """Web origins (``https://host[:port]``, comma-separated; ``*`` for any) whose pages may
+    call the API from a browser; empty: none (no CORS headers, preflights refused)."""
+
     parts_per_group: int = 0
     """Parts (tiles of a plane) one cluster task carries; 0: sized per job (see ``common.groups``)."""
 
@@ -196,6 +204,25 @@ class Settings:
                 )
             table[token] = name
         return table
+
+    def cors_origin_list(self) -> tuple[str, ...]:
+        """The allowed origins of :attr:`cors_origins`, each ``scheme://host[:port]`` or ``*``.
+
+        Raises:
+            ConfigError: one is not an origin (a path, no scheme, not http(s)).
+        """
+        origins = tuple(o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip())
+        for origin in origins:
+            scheme, sep, rest = origin.partition("://")
+            if origin != "*" and (
+                scheme not in ("http", "https") or not sep or not rest or "/" in rest
+            ):
+                raise ConfigError(
+                    "SRCLUSTER_CORS_ORIGINS must be origins such as https://app.example.com "
+                    "(scheme, host and port only) or *",
+                    value=origin,
+                )
+        return origins
 
     def webhook_key(self) -> bytes | None:
         """The HMAC key that signs callbacks (``webhook_secret`` decoded), or ``None`` if unset.
@@ -292,6 +319,7 @@ class Settings:
             raise ConfigError("SRCLUSTER_WAIT_SLOTS must be 0 (never wait) or positive")
         self.webhook_key()
         self.token_names()
+        self.cors_origin_list()
 
 
 def _parse(name: str, raw: str, kind: Any) -> Any:

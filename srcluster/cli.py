@@ -14,12 +14,18 @@ from pathlib import Path
 from tqdm import tqdm
 
 from common.errors import BadParameter, InputError, SrclusterError
-from common.imageio import FORMATS, extension
-from common.models import DEFAULT_MODEL, Registry
+from common.imageio import FORMATS, default_output_format
+from common.models import Registry
 from common.params import UpscaleParams, parse_params
 from common.pipeline import upscale_bytes
 from common.settings import Settings
 from srcluster import submit
+from srcluster.options import (
+    add_upscale_options,
+    check_writable,
+    output_name,
+    read_upscale_options,
+)
 
 EXIT_USAGE = 2
 
@@ -30,23 +36,19 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="srcluster", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
-    up = commands.add_parser(
-        "upscale", help="upscale an image or a folder of images on this machine"
+    upscale = commands.add_parser(
+        "upscale",
+        help="upscale an image or a folder of images on this machine",
+        description="Upscale on this machine. realesrgan-ncnn-vulkan's habits hold: "
+        "-i in.jpg -o out.png -n MODEL -s 4 -t 0 -f png.",
     )
-    up.add_argument("input", type=Path, help="an image file, or a folder of them")
-    up.add_argument(
-        "-o",
-        "--output",
-        type=Path,
-        help="output file (or folder for a folder input); default: NAME_xS.EXT beside the input",
-    )
-    _upscale_options(up)
+    add_upscale_options(upscale)
 
     remote = commands.add_parser(
         "submit", help="upscale an image or a folder of images on a remote cluster"
     )
+    add_upscale_options(remote)
     submit.add_arguments(remote)
-    _upscale_options(remote)
 
     cluster = commands.add_parser(
         "up", help="run Redis, a worker, the API and Flower on this machine"
@@ -71,42 +73,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _upscale_options(up: argparse.ArgumentParser) -> None:
-    """The options ``upscale`` and ``submit`` share (the API's fields)."""
-    up.add_argument(
-        "-n", "--model", default=DEFAULT_MODEL, help=f"model name (default {DEFAULT_MODEL})"
-    )
-    up.add_argument("-s", "--scale", help="output scale, 2..8 (default: the model's)")
-    up.add_argument(
-        "--resize-to", help="final size WxH (0 keeps the aspect) or a ratio such as 1/2"
-    )
-    up.add_argument("-t", "--tile-size", help="tile side in input px, 32..1024 (default: auto)")
-    up.add_argument("--tile-pad", help="context px around each tile (default: the model's)")
-    up.add_argument(
-        "--skip-alpha", action="store_true", help="resize the alpha channel instead of inferring it"
-    )
-    up.add_argument("-f", "--format", help="png, jpg, webp or tiff (default: the input's)")
-    up.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-
-
-def _output_path(
-    source: Path, output: Path | None, params: UpscaleParams, scale: float, fmt: str
-) -> Path:
-    if output is not None and not output.is_dir():
-        return output
-    folder = output if output is not None else source.parent
-    suffix = f"x{scale:g}" if params.resize_to is None else "resized"
-    return folder / f"{source.stem}_{suffix}{extension(fmt)}"
-
-
 def _upscale_one(
     source: Path,
-    target: Path | None,
+    target: Path,
     params: UpscaleParams,
     settings: Settings,
     registry: Registry,
     quiet: bool,
+    into_folder: bool,
 ) -> Path:
+    """Upscale ``source`` into the file ``target``, or into the folder ``target``
+    under :func:`~srcluster.options.output_name`."""
     data = source.read_bytes()
     bar: tqdm[None] | None = None
 
@@ -123,47 +100,72 @@ def _upscale_one(
     finally:
         if bar is not None:
             bar.close()
-    scale = plan.output_width / plan.width
-    path = _output_path(source, target, params, round(scale, 3), plan.format)
+    path = target
+    if into_folder:
+        scale = round(plan.output_width / plan.width, 3)
+        path = target / output_name(source, scale, params.resize_to is not None, plan.format)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(encoded)
+    for note in plan.notes:
+        print(f"srcluster: note: {source.name}: {note}", file=sys.stderr)
     return path
 
 
-def _cmd_upscale(args: argparse.Namespace, settings: Settings) -> int:
-    params = parse_params(
-        model=args.model,
-        scale=args.scale,
-        tile_size=args.tile_size,
-        tile_pad=args.tile_pad,
-        skip_alpha=args.skip_alpha,
-        resize_to=args.resize_to,
-        format=args.format,
+def _images_in(folder: Path) -> list[Path]:
+    files = sorted(
+        p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
     )
+    if not files:
+        raise InputError(f"{folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return files
+
+
+def _check_names(files: list[Path], params: UpscaleParams, scale: float | None) -> None:
+    """Refuse a folder run in which two inputs would write the same output (a.jpg, a.jpeg)."""
+    seen: dict[str, Path] = {}
+    for path in files:
+        fmt = params.format or default_output_format(path.suffix)
+        name = output_name(path, scale or 0, params.resize_to is not None, fmt)
+        if name in seen:
+            raise BadParameter(
+                f"{seen[name].name} and {path.name} would both be written as {name}; "
+                "rename one, or move it out of the folder",
+                parameter="input",
+            )
+        seen[name] = path
+
+
+def _cmd_upscale(args: argparse.Namespace, settings: Settings) -> int:
+    request = read_upscale_options(args)
+    params = parse_params(**request.fields)
     registry = Registry(settings)
-    registry.get(params.model)  # an unknown model fails before any file is read
-    source: Path = args.input
+    spec = registry.get(params.model)  # an unknown model fails before any file is read
+    source = request.source
     if not source.exists():
         raise InputError(f"{source} does not exist")
     if not source.is_dir():
-        written = _upscale_one(source, args.output, params, settings, registry, args.quiet)
+        into_folder = request.output is None or request.folder_output
+        target = source.parent if request.output is None else Path(request.output)
+        check_writable(target, folder=into_folder)
+        written = _upscale_one(
+            source, target, params, settings, registry, args.quiet, into_folder=into_folder
+        )
         print(written)
         return 0
-    files = sorted(
-        p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-    )
-    if not files:
-        raise InputError(f"{source} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    target = args.output or source.with_name(source.name + "_upscaled")
+    files = _images_in(source)
+    target = Path(request.output) if request.output else source.with_name(source.name + "_upscaled")
     if target.exists() and not target.is_dir():
         raise BadParameter(
             f"{target} is a file; a folder input needs a folder output", parameter="output"
         )
+    check_writable(target, folder=True)
+    # names depend on the scale only through the model's (resize_to names them "resized")
+    _check_names(files, params, params.scale or spec.scale)
     target.mkdir(parents=True, exist_ok=True)
     failures = 0
     for path in tqdm(files, unit="image", disable=True if args.quiet else None):
         try:
-            _upscale_one(path, target, params, settings, registry, quiet=True)
+            _upscale_one(path, target, params, settings, registry, quiet=True, into_folder=True)
         except InputError as error:
             failures += 1
             print(f"srcluster: {path.name}: {error.message}", file=sys.stderr)
@@ -193,9 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "upscale":
             return _cmd_upscale(args, settings)
         if args.command == "submit":
-            return submit.run(
-                args, settings, output_path=_output_path, image_suffixes=IMAGE_SUFFIXES
-            )
+            return submit.run(args, settings, images_in=_images_in, check_names=_check_names)
         if args.command == "up":
             from srcluster.up import up
 

@@ -20,7 +20,6 @@ import argparse
 import os
 import signal
 import sys
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -31,10 +30,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from common.errors import BadParameter, InputError, SrclusterError
-from common.imageio import normalize_format, probe
+from common.imageio import probe
 from common.params import UpscaleParams, parse_params
 from common.settings import Settings
 from srcluster.client import Client, ServiceError, Unreachable, job_error
+from srcluster.options import check_writable, output_name, read_upscale_options
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -47,25 +47,15 @@ POLL = 0.25
 CANCEL_TIMEOUT = 10.0
 """Seconds each cancel request may take after Ctrl-C."""
 
-OutputPath = Callable[[Path, Path | None, UpscaleParams, float, str], Path]
-"""``srcluster upscale``'s naming rule: (source, -o, params, scale, format) -> path."""
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``submit`` that ``upscale`` lacks (the shared ones are added by the CLI)."""
+    """The options of ``submit`` that ``upscale`` lacks (:func:`srcluster.options.add_upscale_options`
+    adds the shared ones)."""
     parser.description = "Upscale an image or a folder of images on a remote srcluster cluster."
     parser.epilog = (
         "Exit status: 0 all written; 2 a usage mistake or a request the service refused (4xx); "
         "1 a job failed, or the service did not answer or answered 5xx; 130 Ctrl-C "
         "(the jobs started are cancelled)."
-    )
-    parser.add_argument("input", type=Path, nargs="?", help="an image file, or a folder of them")
-    parser.add_argument("-i", "--input", dest="input_option", type=Path, help="same as INPUT")
-    parser.add_argument(
-        "-o",
-        "--output",
-        type=Path,
-        help="output file (or folder for a folder input); default: NAME_xS.EXT beside the input",
     )
     parser.add_argument(
         "--url",
@@ -156,8 +146,9 @@ class Run:
     url: str
     token: str
     fields: dict[str, object]
-    params: UpscaleParams
-    output_path: OutputPath
+    into_folder: bool
+    """Whether results go into a folder under upscale's names (else to the file given)."""
+    resized: bool
     progress: Progress
     tracker: Tracker
     quiet: bool
@@ -171,8 +162,9 @@ class Run:
             found = self.local.client = Client(self.url, self.token)
         return found
 
-    def one(self, source: Path, output: Path | None) -> Path:
-        """Upscale ``source`` on the cluster and write it; returns the path written."""
+    def one(self, source: Path, target: Path) -> Path:
+        """Upscale ``source`` on the cluster and write it to the file ``target`` (or into
+        the folder ``target``, see :attr:`into_folder`); returns the path written."""
         client = self.client()
         data = source.read_bytes()
         job_id = client.submit(data, filename=source.name, **self.fields)
@@ -195,9 +187,12 @@ class Run:
         if body["status"] != "success":
             raise job_error(body)
         image = client.image(job_id)
-        width = probe(data, 1 << 62).width
-        scale = round(float(body["width"]) / width, 3)
-        path = self.output_path(source, output, self.params, scale, str(body["format"]))
+        for note in body.get("notes") or []:
+            self.progress.say(f"srcluster: note: {source.name}: {note}")
+        path = target
+        if self.into_folder:
+            scale = round(float(body["width"]) / probe(data, 1 << 62).width, 3)
+            path = target / output_name(source, scale, self.resized, str(body["format"]))
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(image.data)
         self.progress.image_written()
@@ -208,75 +203,76 @@ def run(
     args: argparse.Namespace,
     settings: Settings,
     *,
-    output_path: OutputPath,
-    image_suffixes: set[str],
+    images_in: Callable[[Path], list[Path]],
+    check_names: Callable[[list[Path], UpscaleParams, float | None], None],
 ) -> int:
     """``srcluster submit`` with parsed ``args``; returns the exit status.
+
+    ``images_in`` and ``check_names`` are ``upscale``'s own folder rules (which
+    files a folder run takes; that no two of them get one name), so both
+    commands write the same names.
 
     Raises:
         SrclusterError: a usage mistake found before anything is sent (exit 2).
     """
-    source = _input(args)
+    request = read_upscale_options(args)
+    params = parse_params(**request.fields)  # the service checks again; this fails sooner
     token = args.token or os.environ.get("SRCLUSTER_TOKEN", "")
     if not token:
         raise BadParameter("no token: set SRCLUSTER_TOKEN or pass --token", parameter="token")
     url = args.url or os.environ.get("SRCLUSTER_URL") or _local_url(settings)
     if args.jobs < 1:
         raise BadParameter("--jobs must be at least 1", parameter="jobs")
+    source = request.source
     if not source.exists():
         raise InputError(f"{source} does not exist")
-    folder = source.is_dir()
-    fmt = args.format if folder else _output_format(args.format, args.output)
-    params = parse_params(
-        model=args.model,
-        scale=args.scale,
-        tile_size=args.tile_size,
-        tile_pad=args.tile_pad,
-        skip_alpha=args.skip_alpha,
-        resize_to=args.resize_to,
-        format=fmt,
-    )
     fields: dict[str, object] = {
-        "model": args.model,
-        "scale": args.scale,
-        "tile_size": args.tile_size,
-        "tile_pad": args.tile_pad,
-        "skip_alpha": "true" if args.skip_alpha else None,
-        "resize_to": args.resize_to,
-        "format": fmt,
+        **request.fields,
+        "skip_alpha": "true" if request.fields["skip_alpha"] else None,
         "timeout": args.timeout,
     }
+    folder = source.is_dir()
     if folder:
-        files = sorted(
-            p for p in source.iterdir() if p.suffix.lower() in image_suffixes and p.is_file()
+        files = images_in(source)
+        target = (
+            Path(request.output) if request.output else source.with_name(source.name + "_upscaled")
         )
-        if not files:
-            raise InputError(f"{source} holds no images ({', '.join(sorted(image_suffixes))})")
-        target: Path = args.output or source.with_name(source.name + "_upscaled")
         if target.exists() and not target.is_dir():
             raise BadParameter(
                 f"{target} is a file; a folder input needs a folder output", parameter="output"
             )
-        work: list[tuple[Path, Path | None]] = [(path, target) for path in files]
+        check_writable(target, folder=True)
+        check_names(files, params, params.scale)
+        work = [(path, target) for path in files]
+        into_folder = True
     else:
-        target = args.output
-        work = [(source, args.output)]
+        into_folder = request.output is None or request.folder_output
+        target = source.parent if request.output is None else Path(request.output)
+        check_writable(target, folder=into_folder)
+        work = [(source, target)]
 
-    _check_writable(target)
     with Client(url, token) as probe_client:
         try:
             probe_client.info()  # the URL and the token, before any upload
         except (ServiceError, Unreachable) as error:
             return _report(None, error)
-    if folder:
-        target.mkdir(parents=True, exist_ok=True)  # the naming rule writes into it
+    if into_folder:
+        target.mkdir(parents=True, exist_ok=True)
 
     disable = True if args.quiet else False if args.progress else None
     label = source.name if not folder else "tiles"
     progress = Progress(label, len(work), disable)
     job_timeout = float(args.timeout) if args.timeout else settings.max_timeout
     job_run = Run(
-        url, token, fields, params, output_path, progress, Tracker(), args.quiet, job_timeout + 60
+        url,
+        token,
+        fields,
+        into_folder,
+        params.resize_to is not None,
+        progress,
+        Tracker(),
+        args.quiet,
+        job_timeout + 60,
     )
     _stop_on_hangup_and_term()
     with _pool(min(args.jobs, len(work))) as pool:
@@ -365,34 +361,6 @@ def _cancel(job_run: Run, job_ids: list[str]) -> int:
     return cancelled
 
 
-def _input(args: argparse.Namespace) -> Path:
-    if args.input is not None and args.input_option is not None:
-        raise BadParameter("give the input once: as INPUT or as -i, not both", parameter="input")
-    source: Path | None = args.input or args.input_option
-    if source is None:
-        raise BadParameter("give an image or a folder (INPUT or -i)", parameter="input")
-    return source
-
-
-def _output_format(flag: str | None, output: Path | None) -> str | None:
-    """The format to ask for: ``-f``, else ``-o``'s extension; a clash is an error.
-
-    Raises:
-        BadParameter: ``-f`` names another format than ``-o``'s extension.
-    """
-    if output is None or output.is_dir() or not output.suffix:
-        return flag
-    try:
-        from_extension = normalize_format(output.suffix)
-    except BadParameter:
-        return flag  # an extension we do not know: -f or the input's format decides
-    if flag is not None and normalize_format(flag) != from_extension:
-        raise BadParameter(
-            f"-f {flag} clashes with the extension of -o {output.name}", parameter="format"
-        )
-    return flag or from_extension
-
-
 def _stop_on_hangup_and_term() -> None:
     """SIGTERM and SIGHUP (a closed terminal) cancel the jobs as Ctrl-C does."""
 
@@ -402,31 +370,6 @@ def _stop_on_hangup_and_term() -> None:
     for name in ("SIGTERM", "SIGHUP"):
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), interrupt)
-
-
-def _check_writable(target: Path | None) -> None:
-    """Refuse an output that cannot be written before the cluster does any work.
-
-    Tries it: an existing file is opened for appending (and left as it was); else a
-    temporary file is made, and removed, in the nearest folder that exists.
-
-    Raises:
-        InputError: it cannot be written (the message says why).
-    """
-    if target is None:
-        return
-    try:
-        if target.is_file():
-            target.open("ab").close()
-            return
-        folder = target if target.is_dir() else target.parent
-        while not folder.exists() and folder != folder.parent:
-            folder = folder.parent
-        tempfile.TemporaryFile(dir=folder).close()
-    except OSError as error:
-        raise InputError(
-            f"cannot write {target}: {error.strerror or error}", parameter="output"
-        ) from None
 
 
 def _local_url(settings: Settings) -> str:

@@ -9,11 +9,13 @@ ALICE's that never runs) and ``{api}`` (the API's own address, on 127.0.0.1).
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import PIL.Image
 
 from common.imageio import encode
 from common.settings import DEFAULT_MAX_BYTES
@@ -46,6 +48,46 @@ SVG = (
 HTML = b"<!doctype html><html><body><img src=x onerror=alert(1)></body></html>"
 GIF = b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;"
 BOMB = crafted_png(100_000, 100_000)
+LARGE_PNG = encode(_pixels(512, 512), "png")
+"""Enough pixels that realesrgan-x4plus needs far more than a second on any CPU."""
+
+
+def _animated(fmt: str, **params: Any) -> bytes:
+    frames = [PIL.Image.new("RGB", (16, 16), (50 * i, 20, 200 - 50 * i)) for i in range(3)]
+    out = io.BytesIO()
+    frames[0].save(out, fmt, save_all=True, append_images=frames[1:], **params)
+    return out.getvalue()
+
+
+ANIMATED_WEBP = _animated("WEBP")
+APNG = _animated("PNG")
+ANIMATED_GIF = _animated("GIF")
+MULTI_PAGE_TIFF = _animated("TIFF")
+
+
+def multipart(*parts: tuple[str, str | None, bytes]) -> tuple[bytes, str]:
+    """A multipart/form-data body of ``(name, filename or None, data)`` parts, and its
+    Content-Type: for what ``requests`` will not send (two parts of one name)."""
+    boundary = "srcluster-test-boundary"
+    body = b""
+    for name, filename, data in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        body += (
+            f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + data + b"\r\n"
+        )
+    return body + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+TWO_FILES, TWO_FILES_TYPE = multipart(
+    ("model", None, b"realesr-animevideov3"), ("file", "a.png", PNG), ("file", "b.png", PNG)
+)
+TWO_MODELS, TWO_MODELS_TYPE = multipart(
+    ("model", None, b"realesr-animevideov3"), ("model", None, b"realesrgan-x4plus"),
+    ("file", "a.png", PNG),
+)  # fmt: skip
+URL_AS_FILE, URL_AS_FILE_TYPE = multipart(
+    ("model", None, b"realesr-animevideov3"), ("url", "u.txt", b"https://example.com/a.png")
+)
 ZERO_WIDTH = crafted_png(0, 24)
 
 
@@ -243,6 +285,93 @@ CASES: list[BadRequest] = [
     url("url with a broken ipv6 host", "http://[::1/a.png"),
     url("url with a host NFKC breaks", "http://a\u2100b/a.png"),
     url("url not a url", "not a url"),
+    # --- honest answers at submit: no field ignored, no frame dropped, no hopeless job run
+    BadRequest(
+        "misspelled field scael",
+        422,
+        "unknown_field",
+        form={"model": COMPACT, "scael": "2"},
+        files=image(PNG),
+        parameter="scael",
+    ),
+    BadRequest(
+        "unknown field outscale (Real-ESRGAN's name)",
+        422,
+        "unknown_field",
+        form={"model": COMPACT, "outscale": "2"},
+        files=image(PNG),
+        parameter="outscale",
+    ),
+    BadRequest(
+        "several unknown fields: the first named",
+        422,
+        "unknown_field",
+        form={"model": COMPACT, "zeta": "1", "alpha": "1"},
+        files=image(PNG),
+        parameter="alpha",
+    ),
+    BadRequest(
+        "two file parts",
+        422,
+        "bad_parameter",
+        headers={**ALICE_AUTH, "Content-Type": TWO_FILES_TYPE},
+        body=TWO_FILES,
+        parameter="file",
+    ),
+    BadRequest(
+        "model given twice",
+        422,
+        "bad_parameter",
+        headers={**ALICE_AUTH, "Content-Type": TWO_MODELS_TYPE},
+        body=TWO_MODELS,
+        parameter="model",
+    ),
+    BadRequest(
+        "url sent as a file part",
+        422,
+        "bad_parameter",
+        headers={**ALICE_AUTH, "Content-Type": URL_AS_FILE_TYPE},
+        body=URL_AS_FILE,
+        parameter="url",
+    ),
+    BadRequest(
+        "animated webp",
+        422,
+        "animated_image",
+        files=image(ANIMATED_WEBP, "a.webp", "image/webp"),
+        parameter="file",
+    ),
+    BadRequest("apng", 422, "animated_image", files=image(APNG), parameter="file"),
+    BadRequest(
+        "animated gif",
+        422,
+        "animated_image",
+        files=image(ANIMATED_GIF, "a.gif", "image/gif"),
+        parameter="file",
+    ),
+    BadRequest(
+        "multi-page tiff",
+        422,
+        "animated_image",
+        files=image(MULTI_PAGE_TIFF, "a.tif", "image/tiff"),
+        parameter="file",
+    ),
+    BadRequest(
+        "x4plus on 512x512 within 1 s",
+        422,
+        "job_too_long",
+        form={"model": "realesrgan-x4plus", "timeout": "1"},
+        files=image(LARGE_PNG),
+        parameter="timeout",
+    ),
+    BadRequest(
+        "CORS preflight from an origin not allowed",
+        403,
+        "origin_not_allowed",
+        "OPTIONS",
+        headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
+        form={},
+    ),
     # --- jobs: ids, owners, states
     BadRequest("unknown task id", 404, "not_found", "GET", f"/result/{ZEROS}"),
     BadRequest("unknown task id: download", 404, "not_found", "GET", f"/result/{ZEROS}/download"),

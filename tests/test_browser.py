@@ -23,6 +23,8 @@ import cv2
 import numpy as np
 import pytest
 
+from common.cluster.store import JobStore
+from common.settings import Settings
 from srcluster.client import Client, ServiceError
 from tests import browser as chromium
 from tests.cluster import ApiServer, wait_for
@@ -275,14 +277,26 @@ def test_a_text_file_shows_the_service_message(page: Any, api: ApiServer, tmp_pa
 
 
 def test_a_failed_job_shows_why_after_a_reload(
-    page: Any, api: ApiServer, photo: np.ndarray, tmp_path: Path, shots: Path
+    page: Any,
+    api: ApiServer,
+    cluster_settings: Settings,
+    photo: np.ndarray,
+    tmp_path: Path,
+    shots: Path,
 ) -> None:
     """A job this browser sent before a reload is followed again, to its failure and reason."""
     source = image_file(tmp_path, photo, 960, 720)
     with Client(api.url, ALICE) as client:
         job_id = client.submit(
-            source.read_bytes(), filename=source.name, model=COMPACT, tile_size=32, timeout=1
+            source.read_bytes(), filename=source.name, model=COMPACT, tile_size=32
         )
+    # a job estimated to overrun its timeout is refused at submit (422 job_too_long), so
+    # this one is ended as the janitor ends a job that overran all the same
+    store = JobStore.from_url(cluster_settings.redis_url, cluster_settings.result_ttl)
+    try:
+        assert store.fail(job_id, "timeout", "the job ran past its timeout")
+    finally:
+        store.close()
     kept = {
         "id": job_id,
         "name": source.name,

@@ -51,6 +51,8 @@ def fault_settings(cluster_settings: Settings, fault_redis: EmbeddedRedis) -> Se
         visibility_timeout=6,
         max_deliveries=3,
         threads=2,
+        # these tests need jobs that run past their timeout, which the estimate would refuse
+        estimate_check=False,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import struct
 import time
 
 import cv2
@@ -13,7 +14,7 @@ import PIL.ImageOps
 import pytest
 
 from common import imageio
-from common.errors import BadParameter, ImageTooLarge, UnsupportedImage
+from common.errors import AnimatedImage, BadParameter, ImageTooLarge, UnsupportedImage
 from tests.images import crafted_png
 
 LIMIT = 4096 * 4096
@@ -133,12 +134,15 @@ def test_webp_lossy_is_close_and_gray_becomes_rgb() -> None:
     np.testing.assert_array_equal(gray.pixels, np.repeat(pixels[:, :, :1], 3, axis=2))
 
 
-def test_jpeg_is_close_and_drops_alpha() -> None:
+def test_jpeg_flattens_alpha_over_white() -> None:
     rgb = smooth(40, 60).astype(np.uint8)
-    rgba = np.concatenate([rgb, np.full((40, 60, 1), 7, np.uint8)], axis=2)
-    image = imageio.decode(imageio.encode(rgba, "jpeg", jpeg_quality=95), LIMIT)
+    alpha = np.tile(np.array([0, 128, 255], np.uint8).repeat(20), (40, 1))[..., None]
+    image = imageio.decode(imageio.encode(np.dstack([rgb, alpha]), "jpeg", jpeg_quality=95), LIMIT)
     assert image.format == "jpeg" and image.channels == 3
-    assert np.abs(image.pixels.astype(int) - rgb).mean() < 2
+    a = alpha.astype(int) / 255
+    expected = rgb * a + imageio.JPEG_BACKGROUND * (1 - a)
+    assert np.abs(image.pixels.astype(int) - expected).mean() < 2
+    assert (image.pixels[:, :15] > 250).all(), "fully transparent is white, not black"
 
 
 def test_jpeg_gray_stays_gray() -> None:
@@ -188,6 +192,51 @@ def test_mpo_reads_as_jpeg() -> None:
     assert PIL.Image.open(io.BytesIO(mpo)).format == "MPO"
     image = imageio.decode(mpo, LIMIT)
     assert image.format == "jpeg" and image.pixels[4, 4, 2] > 240
+
+
+def frames(fmt: str, count: int) -> bytes:
+    """``count`` 8x8 frames of different grays saved as one ``fmt`` file (animated when > 1)."""
+    ims = [PIL.Image.new("RGB", (8, 8), (40 * i,) * 3) for i in range(count)]
+    return pil_bytes(ims[0], fmt, save_all=True, append_images=ims[1:])
+
+
+@pytest.mark.parametrize("fmt", ["WEBP", "PNG", "TIFF", "GIF"])
+def test_animated_images_are_refused_naming_their_frames(fmt: str) -> None:
+    with pytest.raises(AnimatedImage) as info:
+        imageio.decode(frames(fmt, 3), LIMIT)
+    assert info.value.http_status == 422
+    assert info.value.detail["frames"] == 3 and info.value.detail["parameter"] == "file"
+    assert "still images only" in info.value.message
+    with pytest.raises(AnimatedImage):
+        imageio.probe(frames(fmt, 3), LIMIT)
+
+
+@pytest.mark.parametrize("fmt", ["WEBP", "PNG", "TIFF"])
+def test_one_frame_saved_as_animation_is_a_still(fmt: str) -> None:
+    assert imageio.decode(frames(fmt, 1), LIMIT).pixels.shape == (8, 8, 3)
+
+
+def test_a_still_gif_stays_unsupported() -> None:
+    with pytest.raises(UnsupportedImage, match="GIF is not a supported"):
+        imageio.decode(frames("GIF", 1), LIMIT)
+
+
+def test_a_tiff_with_a_thumbnail_page_is_a_still() -> None:
+    """Page 2 marked reduced-resolution (NewSubfileType bit 0) is a preview, not a frame."""
+    page, thumbnail = PIL.Image.new("RGB", (64, 64), (9, 9, 9)), PIL.Image.new("RGB", (8, 8))
+    data = bytearray(
+        pil_bytes(page, "TIFF", save_all=True, append_images=[thumbnail], tiffinfo={254: 0})
+    )
+    assert data[:2] == b"II"
+    first = struct.unpack_from("<I", data, 4)[0]
+    second = struct.unpack_from(
+        "<I", data, first + 2 + 12 * struct.unpack_from("<H", data, first)[0]
+    )[0]
+    for entry in range(struct.unpack_from("<H", data, second)[0]):
+        at = second + 2 + 12 * entry
+        if struct.unpack_from("<H", data, at)[0] == 254:
+            struct.pack_into("<I", data, at + 8, 1)
+    assert imageio.decode(bytes(data), LIMIT).pixels.shape == (64, 64, 3)
 
 
 def test_cmyk_jpeg_becomes_rgb() -> None:

@@ -16,7 +16,7 @@ from common.errors import BadParameter, ImageTooLarge, UnknownModel, Unsupported
 from common.imageio import Image, decode, encode
 from common.models import Registry
 from common.params import parse_params
-from common.pipeline import make_plan, run_plan, upscale_bytes, whole_image
+from common.pipeline import ALPHA_FLATTENED, make_plan, run_plan, upscale_bytes, whole_image
 from common.settings import Settings
 
 COMPACT = "realesr-animevideov3"
@@ -95,6 +95,26 @@ def test_skip_alpha_resizes_alpha_and_opaque_alpha_stays_opaque(settings, photo)
     holed[5:10, 5:10] = 0
     out = _run(settings, _png(np.dstack([rgb, holed])), skip_alpha=True)
     assert out.pixels[30, 30, 3] == 0 and out.pixels[70, 80, 3] == 255
+
+
+@pytest.mark.parametrize("skip_alpha", [False, True])
+def test_translucent_to_jpeg_is_flattened_over_white_and_says_so(
+    settings, photo, skip_alpha: bool
+) -> None:
+    rgb = photo[:20, :24]
+    alpha = np.full((20, 24, 1), 255, np.uint8)
+    alpha[:, :8] = 0
+    params = parse_params(model=COMPACT, format="jpg", skip_alpha=skip_alpha)
+    encoded, plan = upscale_bytes(_png(np.dstack([rgb, alpha])), params, settings)
+    assert plan.notes == (ALPHA_FLATTENED,) and "white" in plan.notes[0]
+    out = decode(encoded, 1 << 20).pixels
+    assert out.shape == (80, 96, 3)
+    assert (out[:, :28] > 245).all(), "the transparent third is white"
+    # the same image kept as png, or an opaque one as jpeg, has nothing to say
+    _, as_png = upscale_bytes(_png(np.dstack([rgb, alpha])), parse_params(model=COMPACT), settings)
+    opaque = _png(np.dstack([rgb, np.full_like(alpha, 255)]))
+    _, as_jpeg = upscale_bytes(opaque, params, settings)
+    assert as_png.notes == () and as_jpeg.notes == ()
 
 
 def test_16_bit_png_stays_16_bit(settings, photo) -> None:

@@ -16,6 +16,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -56,7 +57,9 @@ class EmbeddedRedis:
 
     ``start()`` returns once the server answers PING; ``stop()`` shuts it down
     (writing the AOF). The same ``folder`` and ``port`` may be started again, as
-    a Redis restart does.
+    a Redis restart does. ``own_session`` keeps a terminal's Ctrl-C from reaching
+    it (its owner stops it last, after the processes that use it); ``preexec``
+    runs in the child before the server starts.
     """
 
     def __init__(
@@ -66,7 +69,11 @@ class EmbeddedRedis:
         password: str | None = None,
         *,
         appendonly: bool = True,
+        own_session: bool = False,
+        preexec: Callable[[], None] | None = None,
     ):
+        self.own_session = own_session
+        self.preexec = preexec
         self.folder = Path(folder)
         self.port = port or free_port()
         self.password = password
@@ -94,7 +101,13 @@ class EmbeddedRedis:
         ]  # fmt: skip
         if self.password:
             args += ["--requirepass", self.password]
-        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            start_new_session=self.own_session,
+            preexec_fn=self.preexec,
+        )
         client = redis.Redis.from_url(self.url)
         deadline = time.monotonic() + timeout
         while True:

@@ -20,6 +20,7 @@ atomic and ``success`` is final).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -32,9 +33,10 @@ from typing import Any
 
 import numpy as np
 
-from common import tiling
+from common import estimate, tiling
 from common.cluster.store import JobStatus, JobStore, WindowRead, pack_array, unpack_array
 from common.engines import Engine, get_engine
+from common.errors import UnknownModel
 from common.groups import MAX_GROUP
 from common.imageio import Image, content_type, decode
 from common.memory import ENGINE_KEYS
@@ -139,9 +141,11 @@ def submit(
     owner: str,
     owner_name: str,
     timeout: float,
+    estimate: float | None = None,
     callback_url: str | None = None,
 ) -> None:
     """Record a prepared job (``pending``) with its input in the store (one transaction);
+    ``estimate`` is its estimated seconds of inference (:mod:`common.estimate`);
     ``callback_url`` (already checked) is posted the job's status when it ends."""
     store.create(
         prepared.job_id,
@@ -154,8 +158,24 @@ def submit(
         strips=prepared.strips(),
         extras=prepared.extras(),
         timeout=timeout,
+        estimate=estimate,
         callback_url=callback_url,
     )
+
+
+def estimate_job(
+    store: JobStore, registry: Registry, plan: JobPlan, processes: int
+) -> estimate.Estimate:
+    """The plan's inference time on the ``processes`` tile processes up, from the speeds
+    the workers up measured (see :mod:`common.estimate` for the formula)."""
+    workers = store.worker_speeds()
+    figures: dict[str, float] = {}
+    for name in {plan.model, *(m for _, speeds in workers.values() for m in speeds)}:
+        # a worker's model this API does not know has no figure to scale by
+        with contextlib.suppress(UnknownModel):
+            figures[name] = registry.get(name).cpu_seconds_per_megapixel
+    speed, basis = estimate.seconds_per_megapixel(plan.model, figures, workers)
+    return estimate.estimate(plan, speed, basis, processes)
 
 
 def window_read(plan: JobPlan, part: int) -> WindowRead:
@@ -267,6 +287,8 @@ def run_group(
         # the windows of one engine call finish together: each is charged an equal share
         ran = len(results)
         seconds += [(time.perf_counter() - began) / ran] * ran
+    pixels = len(windows) * tiles.window_width * tiles.window_height
+    _report_speed(store, worker, plan.model, sum(seconds), pixels)
     whole_job = stitch_here and len(outputs) == plan.part_count
     _, landed = store.record_outputs(
         job_id, outputs, worker, model=plan.model, seconds=seconds, keep=not whole_job
@@ -275,6 +297,24 @@ def run_group(
         stitch(store, settings, job_id, known=dict(outputs))
         return False
     return landed
+
+
+SPEED_WEIGHT = 0.3
+"""Weight of the newest group in a process's smoothed seconds per megapixel (the first run
+of a session is slower; one slow group should not swing the estimates of the next jobs)."""
+
+_speeds: dict[tuple[str, str], float] = {}
+
+
+def _report_speed(store: JobStore, worker: str, model: str, seconds: float, pixels: int) -> None:
+    """Smooth this process's seconds per inferred megapixel of ``model`` and publish it."""
+    if pixels <= 0:
+        return
+    measured = seconds / (pixels / 1e6)
+    previous = _speeds.get((worker, model))
+    speed = measured if previous is None else previous + SPEED_WEIGHT * (measured - previous)
+    _speeds[(worker, model)] = speed
+    store.report_speed(worker, model, speed)
 
 
 BATCH_PIXELS = 1 << 18

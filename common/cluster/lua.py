@@ -119,7 +119,8 @@ return {done, landed}
 """
 
 
-# KEYS: workers sorted set, slots hash, engines hash; ARGV: now.
+# KEYS: workers sorted set, slots hash, then hashes keyed "<worker> ..." (engines, speeds);
+# ARGV: now.
 FORGET_DEAD = """
 local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 if #dead == 0 then return 0 end
@@ -129,8 +130,10 @@ for _, name in ipairs(dead) do
   redis.call('HDEL', KEYS[2], name)
   gone[name] = true
 end
-for _, key in ipairs(redis.call('HKEYS', KEYS[3])) do
-  if gone[string.match(key, '^(%S+)')] then redis.call('HDEL', KEYS[3], key) end
+for k = 3, #KEYS do
+  for _, key in ipairs(redis.call('HKEYS', KEYS[k])) do
+    if gone[string.match(key, '^(%S+)')] then redis.call('HDEL', KEYS[k], key) end
+  end
 end
 return #dead
 """

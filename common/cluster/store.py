@@ -28,6 +28,8 @@ every one with the result TTL::
     srcluster:worker-slots   hash worker name -> its tile processes
     srcluster:worker-engines hash "worker pid model" -> what runs it (``Engine.describe()``)
     srcluster:stats          hash of counters and latency buckets, no TTL (:mod:`common.cluster.stats`)
+    srcluster:worker-speeds  hash "worker model" -> seconds one of its tile processes takes per
+                             inferred megapixel of that model, as measured (see common.estimate)
 
 Arrays travel as raw bytes or ``.npy`` (dtype, shape, data; never pickles), not
 PNG: encoding every tile would cost more than a compact-model tile's inference.
@@ -57,6 +59,7 @@ import numpy as np
 import numpy.typing as npt
 import redis
 
+from common import estimate
 from common.cluster import lua, stats
 from common.cluster.protocol import BROKER_UNACKED, broker_lists
 from common.cluster.stats import STATS
@@ -67,6 +70,7 @@ CALLBACKS = "srcluster:callbacks"
 WORKERS = "srcluster:workers"
 WORKER_SLOTS = "srcluster:worker-slots"
 WORKER_ENGINES = "srcluster:worker-engines"
+WORKER_SPEEDS = "srcluster:worker-speeds"
 
 
 class JobStatus(StrEnum):
@@ -173,12 +177,14 @@ class JobRecord:
     error: str | None = None
     error_code: str | None = None
     output: dict[str, Any] = field(default_factory=dict)
+    estimate: float | None = None
+    """Seconds of inference estimated at submit (:func:`common.estimate.estimate`)."""
     callback_url: str | None = None
     callback: dict[str, Any] | None = None
     """``{"status", "attempts", "error"?}`` of the job's callback, if it asked for one."""
 
-    def public(self) -> dict[str, Any]:
-        """The ``result`` object of ``GET /result/<id>``."""
+    def public(self, now: float | None = None) -> dict[str, Any]:
+        """The ``result`` object of ``GET /result/<id>`` at time ``now`` (default: now)."""
         body: dict[str, Any] = {
             "task_id": self.id,
             "status": self.status.value,
@@ -190,6 +196,15 @@ class JobRecord:
             body["started"] = self.started
         if self.finished is not None:
             body["finished"] = self.finished
+        if self.estimate is not None:
+            body["estimated_seconds"] = round(self.estimate, 1)
+        if not self.status.finished:
+            now = time.time() if now is None else now
+            eta = estimate.remaining(
+                self.done, self.parts, self.started, self.created, self.estimate, now
+            )
+            body["eta_seconds"] = None if eta is None else round(eta, 1)
+        body["notes"] = list(self.plan.get("notes", []))
         body.update(self.output)
         if self.error is not None:
             body["error"] = {"code": self.error_code or "failed", "message": self.error}
@@ -249,11 +264,13 @@ class JobStore:
         extras: Mapping[str, bytes],
         timeout: float,
         groups: int | None = None,
+        estimate: float | None = None,
         callback_url: str | None = None,
     ) -> None:
         """Record a new ``pending`` job of ``parts`` parts (in ``groups`` tasks; default one
-        per part) with its input, all expiring after the TTL; ``callback_url`` (checked
-        by the caller) is posted the job's status when it ends.
+        per part) with its input, all expiring after the TTL; ``estimate`` is its estimated
+        seconds of inference; ``callback_url`` (checked by the caller) is posted the job's
+        status when it ends.
 
         ``strips`` are ``(plane, column, raw bytes)`` (see the key layout). One
         transaction: a job is recorded whole or not at all.
@@ -275,6 +292,8 @@ class JobStore:
             "created": now,
             "deadline": now + timeout,
         }
+        if estimate is not None:
+            record["estimate"] = estimate
         if callback_url:
             record["callback_url"] = callback_url
         pipe.hset(self.key(job_id), mapping=record)
@@ -323,6 +342,7 @@ class JobStore:
             error=fields.get("error"),
             error_code=fields.get("error_code"),
             output=output,
+            estimate=float(fields["estimate"]) if "estimate" in fields else None,
             callback_url=fields.get("callback_url"),
             callback=callback,
         )
@@ -598,6 +618,30 @@ class JobStore:
         """A worker process says which engine runs ``model`` (shown by ``GET /``)."""
         self.redis.hset(WORKER_ENGINES, f"{worker} {os.getpid()} {model}", description)
 
+    def report_speed(self, worker: str, model: str, seconds_per_megapixel: float) -> None:
+        """A worker says how long one of its tile processes takes per inferred megapixel of
+        ``model`` (its latest smoothed measurement)."""
+        self.redis.hset(WORKER_SPEEDS, f"{worker} {model}", f"{seconds_per_megapixel:.6g}")
+
+    def worker_speeds(self) -> dict[str, tuple[int, dict[str, float]]]:
+        """Tile workers up: name -> (tile processes, model -> measured seconds per inferred
+        megapixel of one process), in one round trip (see :mod:`common.estimate`)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zrangebyscore(WORKERS, time.time(), "+inf")
+        pipe.hgetall(WORKER_SLOTS)
+        pipe.hgetall(WORKER_SPEEDS)
+        names, slots, speeds = pipe.execute()
+        up: dict[str, tuple[int, dict[str, float]]] = {}
+        for name in (n.decode() for n in names):
+            count = int((slots.get(name.encode()) or b"0").decode().partition(" ")[0])
+            if count > 0:
+                up[name] = (count, {})
+        for key, value in speeds.items():
+            worker, _, model = key.decode().partition(" ")
+            if worker in up:
+                up[worker][1][model] = float(value)
+        return up
+
     def worker_engines(self) -> dict[str, list[str]]:
         """What each worker that is up runs: worker name -> distinct engine descriptions."""
         up = self.workers_up()
@@ -615,7 +659,9 @@ class JobStore:
     def forget_dead_workers(self) -> None:
         """Drop the heartbeats that expired (the janitor's housekeeping; atomic, so a worker
         announcing itself meanwhile is never forgotten)."""
-        self._forget_dead(keys=[WORKERS, WORKER_SLOTS, WORKER_ENGINES], args=[time.time()])
+        self._forget_dead(
+            keys=[WORKERS, WORKER_SLOTS, WORKER_ENGINES, WORKER_SPEEDS], args=[time.time()]
+        )
 
     # --- metrics ------------------------------------------------------------------
 

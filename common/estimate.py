@@ -1,0 +1,158 @@
+"""How long a job will take: estimated before it runs, and what is left while it runs.
+
+Before (:func:`estimate`), from the plan and the workers up::
+
+    seconds = ceil(groups / processes) x parts per group x window megapixels x s/MP
+
+``processes`` is the tile processes up (at least 1): a job's groups run on
+them side by side, each group's parts one after another. ``s/MP`` is the
+seconds one tile process takes per inferred megapixel of the model, the best
+fact there is (:func:`seconds_per_megapixel`): what the workers up measured on
+that model; else, for a worker that measured other models, the model's figure
+(:attr:`common.models.ModelSpec.cpu_seconds_per_megapixel`) scaled by how that
+worker compared with those models' figures; else the figure itself, a 2-core
+CPU's. It leaves out the queue (jobs ahead of this one), the upload and the
+stitch; it is a floor on CPU hosts that share their cores with other jobs.
+
+While it runs (:func:`remaining`), from the progress::
+
+    seconds left = elapsed since the first tile started x (parts - done) / done
+
+and, before the first part is done, the submit-time estimate less the time since.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from common.errors import JobTooLong
+
+if TYPE_CHECKING:  # the store reads remaining() and need not load the pipeline
+    from common.pipeline import JobPlan
+
+MEASURED = "measured"
+"""Basis: every tile process up measured this model."""
+
+SCALED = "scaled"
+"""Basis: some workers had not run this model; their speed on other models stood in."""
+
+FIGURE = "figure"
+"""Basis: no worker up measured anything; the model's 2-core CPU figure."""
+
+BASIS_WORDS = {
+    MEASURED: "as measured on the workers up",
+    SCALED: "from the workers' measured speed on other models",
+    FIGURE: "from the model's figure for a 2-core CPU (no worker up has measured it yet)",
+}
+
+FORMULA = (
+    "ceil(groups / tile processes) x parts per group x window megapixels "
+    "x seconds per megapixel of one tile process"
+)
+"""The estimate's formula, in words, as the API states it."""
+
+WorkerSpeeds = Mapping[str, tuple[int, Mapping[str, float]]]
+"""Tile workers up: name -> (tile processes, model -> measured seconds per inferred
+megapixel of one of its processes)."""
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A job's estimated inference time and the facts it came from."""
+
+    seconds: float
+    seconds_per_megapixel: float
+    processes: int
+    basis: str
+    """:data:`MEASURED`, :data:`SCALED` or :data:`FIGURE`."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "seconds": round(self.seconds, 1),
+            "seconds_per_megapixel": round(self.seconds_per_megapixel, 3),
+            "processes": self.processes,
+            "basis": self.basis,
+        }
+
+
+def seconds_per_megapixel(
+    model: str, figures: Mapping[str, float], workers: WorkerSpeeds
+) -> tuple[float, str]:
+    """One tile process's seconds per inferred megapixel of ``model`` across ``workers``
+    (their mean, weighted by their processes), and its basis.
+
+    ``figures`` maps model names to their registry figure; ``model`` must be in it.
+    """
+    figure = figures[model]
+    weighted = 0.0
+    processes = 0
+    basis = MEASURED
+    for slots, measured in workers.values():
+        if slots <= 0:
+            continue
+        if model in measured:
+            speed = measured[model]
+        else:
+            ratios = [s / figures[m] for m, s in measured.items() if figures.get(m)]
+            speed = figure * statistics.median(ratios) if ratios else figure
+            basis = max(basis, SCALED if ratios else FIGURE, key=_rank)
+        weighted += slots * speed
+        processes += slots
+    if processes == 0:
+        return figure, FIGURE
+    return weighted / processes, basis
+
+
+def _rank(basis: str) -> int:
+    return (MEASURED, SCALED, FIGURE).index(basis)
+
+
+def estimate(plan: JobPlan, speed: float, basis: str, processes: int) -> Estimate:
+    """The inference time of ``plan`` on ``processes`` tile processes of ``speed`` s/MP."""
+    processes = max(1, processes)
+    tiles = plan.tiles
+    window_megapixels = tiles.window_width * tiles.window_height / 1e6
+    rounds = math.ceil(plan.group_count / processes)
+    seconds = rounds * min(plan.group, plan.part_count) * window_megapixels * speed
+    return Estimate(seconds, speed, processes, basis)
+
+
+def remaining(
+    done: int, total: int, started: float | None, created: float, estimate: float | None, now: float
+) -> float | None:
+    """Seconds a running job has left (see the module docstring); ``None`` when unknown."""
+    if total <= 0:
+        return None
+    if done > 0 and started is not None:
+        return max(0.0, (now - started) * (total - done) / done)
+    if estimate is None:
+        return None
+    return max(0.0, estimate - (now - (started or created)))
+
+
+def refuse_too_long(found: Estimate, timeout: float, max_timeout: float) -> None:
+    """Refuse a job whose estimated inference time exceeds its ``timeout``.
+
+    Raises:
+        JobTooLong: it does; the message gives the estimate and what would help.
+    """
+    if found.seconds <= timeout:
+        return
+    advice = (
+        f"ask for a timeout of up to {max_timeout:.0f} s"
+        if found.seconds <= max_timeout
+        else "use a faster model (realesr-animevideov3), a smaller image, or more workers"
+    )
+    raise JobTooLong(
+        f"this job needs about {found.seconds:.0f} s of inference on the {found.processes} "
+        f"tile process(es) up ({BASIS_WORDS[found.basis]}), more than its timeout "
+        f"of {timeout:.0f} s; {advice}",
+        parameter="timeout",
+        timeout=timeout,
+        estimate=found.to_dict(),
+        formula=FORMULA,
+    )
