@@ -158,7 +158,7 @@ def test_a_folder_runs_several_jobs_at_once(
         ([], "wrong-token-0123456789abcdefghij", 2, ["token is not valid", "HTTP 401"]),
         (["-n", "no-such-model"], ALICE, 2, ["no-such-model", "HTTP 422"]),
         (["--timeout", "0"], ALICE, 2, ["timeout", "HTTP 422", "parameter timeout"]),
-        (["-o", "x.png", "-f", "webp"], ALICE, 2, ["clashes"]),
+        (["-o", "x.png", "-f", "webp"], ALICE, 2, ["-f asks for webp"]),
         (["-o", "/proc/no-such-folder/x.png"], ALICE, 2, ["cannot write"]),
         ([], None, 2, ["SRCLUSTER_TOKEN"]),
         (["--url", "unreachable"], ALICE, 1, ["does not answer"]),

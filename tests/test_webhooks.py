@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 from standardwebhooks import Webhook
 
+from common.cluster.store import JobStore
 from common.imageio import encode
+from common.settings import Settings
 from srcluster.client import Client
 from tests.cluster import ApiServer, WorkerProcess, wait_for
 from tests.receiver import Delivery, receiver
@@ -72,15 +74,24 @@ def test_a_failed_delivery_is_retried(api: ApiServer, worker: WorkerProcess, pho
         assert shown["status"] == "delivered" and shown["attempts"] == 2, shown
 
 
-def test_cancel_and_timeout_are_called_back(api: ApiServer, worker: WorkerProcess, photo) -> None:
-    # ended by the API (cancel) and by a worker's janitor (timeout): delivered either way
+def test_cancel_and_timeout_are_called_back(
+    api: ApiServer, worker: WorkerProcess, cluster_settings: Settings, photo
+) -> None:
+    # ended by the API process (cancel), and by this test's process as the janitor ends an
+    # overrun job (a job estimated to overrun its timeout is refused at submit, so none is
+    # made to): neither delivers callbacks, a worker does
     with receiver() as hook, Client(api.url, ALICE) as client:
         cancelled = client.submit(large(photo), model=COMPACT, tile_size=32, callback_url=hook.url)
         wait_for(lambda: client.result(cancelled)["status"] == "processing", 60, "processing")
         client.cancel(cancelled)
         overdue = client.submit(
-            large(photo, 1024), model=COMPACT, tile_size=32, timeout=1, callback_url=hook.url
+            large(photo, 1024), model=COMPACT, tile_size=32, callback_url=hook.url
         )
+        store = JobStore.from_url(cluster_settings.redis_url, cluster_settings.result_ttl)
+        try:
+            assert store.fail(overdue, "timeout", "the job ran past its timeout")
+        finally:
+            store.close()
         (on_cancel,) = hook.wait_for(cancelled)
         assert verified(on_cancel)["result"]["status"] == "cancelled"
         (on_timeout,) = hook.wait_for(overdue)
