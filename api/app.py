@@ -10,6 +10,7 @@ from api import cors, errors, metrics, routes, ui
 from api.auth import TokenTable
 from api.celery_client import TaskSender
 from api.services import Services
+from api.waiting import Waits
 from common.cluster.store import JobStore
 from common.errors import ConfigError
 from common.models import Registry
@@ -57,6 +58,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         registry=Registry(settings),
         sender=TaskSender(settings),
         version=_version(),
+        waits=Waits(settings.wait_slots),
     )
     errors.register(app)
     cors.register(app, settings.cors_origin_list())

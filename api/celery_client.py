@@ -26,12 +26,9 @@ class TaskSender:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.app = Celery(
-            "srcluster-api",
-            broker=settings.redis_url,
-            backend=settings.redis_url,
-            set_as_current=False,
-        )
+        # no result backend: the job store records outcomes, and with one Celery would
+        # open a pub/sub subscription per sending thread for results nobody reads
+        self.app = Celery("srcluster-api", broker=settings.redis_url, set_as_current=False)
         self.app.conf.update(celery_config(settings))
 
     def send_job(self, job_id: str, groups: int) -> None:

@@ -1,13 +1,10 @@
 """Fetching an image from a caller's ``url`` without becoming a proxy into our network.
 
-Rules: http and https only; no credentials in the URL; the host is resolved
-once per hop and *every* address it resolves to must be public (no loopback,
-private, link-local, shared, reserved, multicast, including their IPv6 forms
-and IPv4 addresses wrapped in IPv6); the connection goes to the address that
-was checked (so a DNS answer cannot change between check and connect);
-redirects are followed by hand, each one checked the same way, at most
-:data:`MAX_REDIRECTS`; the body is read in chunks up to ``max_bytes``; the
-whole fetch has one deadline.
+Rules: those of :mod:`common.cluster.egress` (http(s) only, no credentials,
+every address the host resolves to public, the connection pinned to the
+checked address); redirects are followed by hand, each hop checked the same
+way, at most :data:`MAX_REDIRECTS`; the body is read in chunks up to
+``max_bytes``; the whole fetch has one deadline.
 
 Every refusal is a :class:`~common.errors.BadParameter` naming ``url`` (422),
 or :class:`~common.errors.ImageTooLarge` (413) for a body over the limit.
@@ -16,14 +13,19 @@ or :class:`~common.errors.ImageTooLarge` (413) for a body over the limit.
 from __future__ import annotations
 
 import http.client
-import ipaddress
-import socket
-import ssl
 import time
-from collections.abc import Callable
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
+from common.cluster.egress import (
+    AddressCheck,
+    Refused,
+    Resolver,
+    check,
+    connect,
+    is_public,
+    resolve,
+)
 from common.errors import BadParameter, ImageTooLarge
 
 MAX_REDIRECTS = 3
@@ -31,56 +33,7 @@ DEFAULT_TIME_LIMIT = 10.0
 CHUNK = 64 * 1024
 USER_AGENT = "srcluster-fetch/1"
 
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
-_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
 _REDIRECTS = (301, 302, 303, 307, 308)
-
-Resolver = Callable[[str, int], list[str]]
-AddressCheck = Callable[[str], bool]
-
-
-def is_public(address: str) -> bool:
-    """Whether ``address`` (an IP literal) is a globally routable unicast address."""
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip in _NAT64_LOCAL or ip.teredo is not None:
-            return False
-        embedded = ip.ipv4_mapped or ip.sixtofour
-        if ip in _NAT64:
-            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-        if embedded is not None:
-            return is_public(str(embedded))
-    return ip.is_global and not ip.is_multicast
-
-
-def resolve(host: str, port: int) -> list[str]:
-    """Every address ``host`` resolves to (TCP)."""
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return list(dict.fromkeys(str(info[4][0]) for info in infos))
-
-
-class _PinnedHTTP(http.client.HTTPConnection):
-    """An HTTP connection that names ``host`` but connects to the checked ``address``."""
-
-    def __init__(self, host: str, port: int, address: str, timeout: float) -> None:
-        super().__init__(host, port, timeout=timeout)
-        self._address = address
-
-    def connect(self) -> None:
-        self.sock = socket.create_connection((self._address, self.port), self.timeout)
-
-
-class _PinnedHTTPS(_PinnedHTTP):
-    def __init__(self, host: str, port: int, address: str, timeout: float) -> None:
-        super().__init__(host, port, address, timeout)
-        self._context = ssl.create_default_context()
-
-    def connect(self) -> None:
-        super().connect()
-        self.sock = self._context.wrap_socket(self.sock, server_hostname=self.host)
 
 
 def _refuse(message: str, url: str) -> BadParameter:
@@ -129,38 +82,12 @@ def _get(
     url: str, max_bytes: int, deadline: float, resolver: Resolver, allowed: AddressCheck
 ) -> tuple[int, str | None, bytes]:
     try:
-        parts = urlsplit(url)
-    except ValueError:  # "Invalid IPv6 URL", a netloc that NFKC normalization changes
-        raise _refuse("the url is malformed", url) from None
-    scheme = parts.scheme.lower()
-    if scheme not in ("http", "https"):
-        raise _refuse("the url must be http or https", url)
-    if parts.username is not None or parts.password is not None:
-        raise _refuse("the url must not carry credentials", url)
-    host = parts.hostname
-    if not host:
-        raise _refuse("the url has no host", url)
+        target = check(url, resolver=resolver, allowed=allowed)
+    except Refused as refused:
+        raise _refuse(refused.message, url) from None
+    conn = connect(target, timeout=_remaining(deadline, url))
     try:
-        port = parts.port or (443 if scheme == "https" else 80)
-    except ValueError:
-        raise _refuse("the url's port is malformed", url) from None
-    try:
-        addresses = resolver(host, port)
-    except (OSError, UnicodeError):
-        raise _refuse(f"cannot resolve the url's host {host!r}", url) from None
-    if not addresses:
-        raise _refuse(f"cannot resolve the url's host {host!r}", url)
-    refused = [a for a in addresses if not allowed(a)]
-    if refused:
-        raise _refuse(f"the url's host {host!r} resolves to a non-public address", url)
-    remaining = _remaining(deadline, url)
-    kind = _PinnedHTTPS if scheme == "https" else _PinnedHTTP
-    conn = kind(host, port, addresses[0], timeout=remaining)
-    try:
-        path = parts.path or "/"
-        if parts.query:
-            path += "?" + parts.query
-        conn.request("GET", path, headers={"User-Agent": USER_AGENT, "Accept": "image/*"})
+        conn.request("GET", target.path, headers={"User-Agent": USER_AGENT, "Accept": "image/*"})
         response = conn.getresponse()
         if response.status != 200:
             return response.status, response.getheader("Location"), b""
@@ -201,3 +128,6 @@ def _read_body(
             )
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+__all__ = ["fetch", "is_public", "resolve"]

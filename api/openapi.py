@@ -33,6 +33,25 @@ _NOT_FOUND = _error(
 )
 _UNAVAILABLE = _error("Redis or the task queue does not answer (`unavailable`)")
 
+_PREFER = {
+    "name": "Prefer",
+    "in": "header",
+    "required": False,
+    "description": "`wait=N` (RFC 7240): hold the answer until the job ends or N seconds "
+    "pass, then answer as `GET /result/{task_id}` would. N is whole seconds; over 60 it is "
+    "clamped to 60; a malformed value is a 422 naming `Prefer`. Other preferences are ignored. "
+    "When every wait slot of the API process is taken, the request is answered at once "
+    "without `Preference-Applied`.",
+    "schema": {"type": "string", "examples": ["wait=30"]},
+}
+
+_APPLIED = {
+    "Preference-Applied": {
+        "description": "`wait=N`: the wait applied (absent when the request did not wait)",
+        "schema": {"type": "string"},
+    }
+}
+
 _TASK_ID = {
     "name": "task_id",
     "in": "path",
@@ -97,18 +116,37 @@ def document(version: str, settings: Settings) -> dict[str, Any]:
                 "post": {
                     "summary": "Submit an image to upscale",
                     "operationId": "submit",
+                    "parameters": [_PREFER],
                     "requestBody": {
                         "required": True,
                         "content": {"multipart/form-data": {"schema": _submit_schema(settings)}},
                     },
                     "responses": {
-                        "202": {
-                            "description": "the job is queued",
+                        "200": {
+                            "description": "with `Prefer: wait`: the job ended within the wait; "
+                            "`result` is its final status",
                             "headers": {
                                 "Location": {
                                     "description": "`/result/{task_id}`",
                                     "schema": {"type": "string"},
+                                },
+                                **_APPLIED,
+                            },
+                            "content": {
+                                "application/json": {
+                                    "schema": {"$ref": "#/components/schemas/Submitted"}
                                 }
+                            },
+                        },
+                        "202": {
+                            "description": "the job is queued (with `Prefer: wait`: still "
+                            "unfinished after the wait, and `result` says where it is)",
+                            "headers": {
+                                "Location": {
+                                    "description": "`/result/{task_id}`",
+                                    "schema": {"type": "string"},
+                                },
+                                **_APPLIED,
                             },
                             "content": {
                                 "application/json": {
@@ -126,12 +164,14 @@ def document(version: str, settings: Settings) -> dict[str, Any]:
                         ),
                         "422": _error(
                             "a parameter is malformed or out of range, neither or both of file and url, "
-                            "an unknown model or a refused url (`bad_parameter`, `unknown_model`); "
-                            "a field this API does not know (`unknown_field`, `detail.fields`) or one "
-                            "given twice, two file parts; an animated image or a multi-page TIFF "
-                            "(`animated_image`: refused, not cut to one frame); a job whose estimated "
-                            "inference time exceeds its timeout (`job_too_long`, `detail.estimate` and "
-                            "`detail.formula`). `detail.parameter` names the field"
+                            "an unknown model, a refused url or callback_url (`bad_parameter`, "
+                            "`unknown_model`); a malformed `Prefer: wait` (`detail.parameter` is "
+                            "`Prefer`); a field this API does not know (`unknown_field`, "
+                            "`detail.fields`) or one given twice, two file parts; an animated image "
+                            "or a multi-page TIFF (`animated_image`: refused, not cut to one frame); "
+                            "a job whose estimated inference time exceeds its timeout "
+                            "(`job_too_long`, `detail.estimate` and `detail.formula`). "
+                            "`detail.parameter` names the field"
                         ),
                         "503": _UNAVAILABLE,
                     },
@@ -142,8 +182,10 @@ def document(version: str, settings: Settings) -> dict[str, Any]:
                 "get": {
                     "summary": "A job's status and progress",
                     "operationId": "result",
+                    "parameters": [_PREFER],
                     "responses": {
-                        "200": _ok("the job", "ResultReply"),
+                        "200": {**_ok("the job", "ResultReply"), "headers": _APPLIED},
+                        "422": _error("a malformed `Prefer: wait` (`bad_parameter`)"),
                         "401": _UNAUTHORIZED,
                         "404": _NOT_FOUND,
                         "503": _UNAVAILABLE,
@@ -203,6 +245,7 @@ def document(version: str, settings: Settings) -> dict[str, Any]:
             ),
             "/docs": _page("docs", "This document, rendered by swagger-ui"),
         },
+        "webhooks": {"jobEnded": _webhook()},
         "components": {
             "securitySchemes": {
                 "token": {"type": "apiKey", "in": "header", "name": "X-Token"},
@@ -295,7 +338,62 @@ def _submit_schema(settings: Settings) -> dict[str, Any]:
                 "description": "seconds before the job ends `failed`; a job estimated to need "
                 "more is refused at once (422 `job_too_long`)",
             },
+            "callback_url": {
+                "type": "string",
+                "format": "uri",
+                "maxLength": 2048,
+                "description": "http(s) address to POST the job's status to when it ends "
+                "(success, failed, cancelled, timeout): see the `jobEnded` webhook. The `url` "
+                "field's rules apply (private and loopback addresses are refused); refused "
+                "when the service has no `SRCLUSTER_WEBHOOK_SECRET`",
+            },
         },
+    }
+
+
+def _webhook() -> dict[str, Any]:
+    signed = "Standard Webhooks signature: `v1,` + base64 of HMAC-SHA256 over "
+    return {
+        "post": {
+            "summary": "A job ended: its status, posted to the job's `callback_url`",
+            "description": "Sent once per job by a worker, retried with backoff (5 s, then 4x "
+            "longer each time, 7 attempts by default) until the receiver answers 2xx. The body "
+            "is what `GET /result/{task_id}` answers, less its `callback` member. Verify it with "
+            "any Standard Webhooks library and the service's `SRCLUSTER_WEBHOOK_SECRET`.",
+            "operationId": "jobEnded",
+            "parameters": [
+                {
+                    "name": "webhook-id",
+                    "in": "header",
+                    "required": True,
+                    "description": "the job's `task_id`; the same on every attempt",
+                    "schema": {"type": "string"},
+                },
+                {
+                    "name": "webhook-timestamp",
+                    "in": "header",
+                    "required": True,
+                    "description": "Unix seconds when this attempt was signed",
+                    "schema": {"type": "string"},
+                },
+                {
+                    "name": "webhook-signature",
+                    "in": "header",
+                    "required": True,
+                    "description": signed + "`{webhook-id}.{webhook-timestamp}.{body}`",
+                    "schema": {"type": "string"},
+                },
+            ],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/ResultReply"}}
+                },
+            },
+            "responses": {
+                "2XX": {"description": "delivered; anything else is retried"},
+            },
+        }
     }
 
 
@@ -354,6 +452,10 @@ def _schemas() -> dict[str, Any]:
             "properties": {
                 "task_id": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
                 "message": {"type": "string"},
+                "result": {
+                    "$ref": "#/components/schemas/Result",
+                    "description": "with `Prefer: wait` only: the job after the wait",
+                },
             },
         },
         "ResultReply": {
@@ -363,8 +465,9 @@ def _schemas() -> dict[str, Any]:
         },
         "Result": {
             "type": "object",
-            "required": ["status", "progress", "model", "created"],
+            "required": ["task_id", "status", "progress", "model", "created"],
             "properties": {
+                "task_id": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
                 "status": {"type": "string", "enum": [s.value for s in JobStatus]},
                 "progress": {
                     "type": "object",
@@ -400,6 +503,22 @@ def _schemas() -> dict[str, Any]:
                     "type": "object",
                     "required": ["code", "message"],
                     "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+                },
+                "callback": {
+                    "type": "object",
+                    "description": "only for a job with a `callback_url`: its delivery",
+                    "required": ["status", "attempts"],
+                    "properties": {
+                        "status": {
+                            "type": "string",
+                            "enum": ["waiting", "pending", "delivered", "failed"],
+                            "description": "waiting: the job runs; pending: being delivered "
+                            "or retried; delivered: a 2xx came back; failed: attempts used up, "
+                            "or the address was refused at delivery",
+                        },
+                        "attempts": {"type": "integer", "minimum": 0},
+                        "error": {"type": "string", "description": "the last attempt's failure"},
+                    },
                 },
             },
         },

@@ -8,12 +8,13 @@ from typing import Any, cast
 
 from flask import Blueprint, Response, current_app, g, jsonify, redirect, request
 
-from api import openapi
+from api import openapi, waiting
 from api.auth import authenticate, token_of, token_required
 from api.errors import Gone, NotFound, NotReady, Unavailable
 from api.fetch import fetch
 from api.services import Services
-from common.cluster import jobs
+from common.cluster import callbacks, jobs
+from common.cluster.events import wait_until_ended
 from common.cluster.store import JobRecord, JobStatus
 from common.errors import BadParameter, UnknownField, UnsupportedImage
 from common.estimate import refuse_too_long
@@ -28,9 +29,12 @@ JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 
 PARAM_FIELDS = ("scale", "tile_size", "tile_pad", "skip_alpha", "resize_to", "format")
 
-SUBMIT_FIELDS = frozenset({"file", "url", "model", "timeout", *PARAM_FIELDS})
+SUBMIT_FIELDS = frozenset({"file", "url", "model", "timeout", "callback_url", *PARAM_FIELDS})
 """Every field ``POST /sr`` knows: krau/super-resolution-api's own (file, url, model, scale,
-tile_size, skip_alpha, resize_to, timeout) and ours (tile_pad, format). Any other is refused."""
+tile_size, skip_alpha, resize_to, timeout) and ours (tile_pad, format, callback_url). Any other is refused."""
+
+check_callback = callbacks.check_url
+"""The ``callback_url`` check (tests swap in one with an offline resolver)."""
 
 
 def services() -> Services:
@@ -179,6 +183,9 @@ def submit() -> Response:
         **{name: form.get(name) for name in PARAM_FIELDS},
     )
     timeout = _timeout(form.get("timeout"))
+    wait = waiting.requested_wait(request.headers)
+    raw_callback = form.get("callback_url", "").strip()
+    callback_url = check_callback(raw_callback, svc.settings) if raw_callback else None
     data = _upload()
     capacity = svc.store.capacity()
     prepared = jobs.prepare(
@@ -196,6 +203,7 @@ def submit() -> Response:
         owner_name=g.caller.name,
         timeout=timeout,
         estimate=estimate.seconds,
+        callback_url=callback_url,
     )
     try:
         svc.sender.send_job(prepared.job_id, prepared.plan.group_count)
@@ -203,8 +211,37 @@ def submit() -> Response:
         current_app.logger.exception("could not queue job %s", prepared.job_id)
         svc.store.fail(prepared.job_id, "queue_error", "the job could not be queued")
         raise Unavailable("the task queue does not answer; try again later") from exc
-    response = _json({"task_id": prepared.job_id, "message": "Success"}, 202)
+    body: dict[str, Any] = {"task_id": prepared.job_id, "message": "Success"}
+    status = 202
+    applied = _hold(prepared.job_id, wait)
+    if applied is not None:
+        record = svc.store.get(prepared.job_id)
+        if record is not None:
+            body["result"] = record.public()
+            status = 200 if record.status.finished else 202
+    response = _waited(_json(body, status), applied)
     response.headers["Location"] = f"/result/{prepared.job_id}"
+    return response
+
+
+def _hold(job_id: str, seconds: int | None) -> int | None:
+    """Wait until the job ends or ``seconds`` pass, if asked and a slot is free;
+    returns the seconds applied (``None``: the request did not wait)."""
+    if seconds is None:
+        return None
+    with services().waits.slot() as granted:
+        if not granted:
+            return None
+        if seconds > 0:
+            wait_until_ended(services().store, job_id, seconds)
+    return seconds
+
+
+def _waited(response: Response, applied: int | None) -> Response:
+    """Say which wait was applied (RFC 7240) and that the answer depends on ``Prefer``."""
+    response.vary.add("Prefer")
+    if applied is not None:
+        response.headers["Preference-Applied"] = f"wait={applied}"
     return response
 
 
@@ -223,7 +260,16 @@ def _own_job(job_id: str) -> JobRecord:
 @bp.get("/result/<job_id>")
 @token_required
 def result(job_id: str) -> Response:
-    return _json({"result": _own_job(job_id).public()})
+    wait = waiting.requested_wait(request.headers)
+    record = _own_job(job_id)
+    applied = None
+    if wait is not None and record.status.finished:
+        applied = wait  # nothing left to wait for: the preference is met at once
+    elif wait is not None:
+        applied = _hold(job_id, wait)
+        if applied is not None:
+            record = services().store.get(job_id) or record
+    return _waited(_json({"result": record.public()}), applied)
 
 
 @bp.get("/result/<job_id>/download")

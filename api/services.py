@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from api.auth import TokenTable
 from api.celery_client import TaskSender
+from api.waiting import Waits
 from common.cluster.store import JobStore
 from common.models import Registry
 from common.settings import Settings
@@ -21,6 +22,8 @@ class Services:
     registry: Registry
     sender: TaskSender
     version: str
+    waits: Waits
+    """Slots for requests holding on ``Prefer: wait`` (see :mod:`api.waiting`)."""
 
     def close(self) -> None:
         """Release the Redis and broker connections (tests; gunicorn just exits)."""

@@ -87,7 +87,6 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
-import requests
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -99,6 +98,7 @@ from common.models import Registry  # noqa: E402
 from common.params import parse_params  # noqa: E402
 from common.pipeline import upscale_bytes  # noqa: E402
 from common.settings import Settings  # noqa: E402
+from srcluster.client import Client  # noqa: E402
 
 TOKEN = "bench-token-0123456789abcdef"
 CACHE = Path.home() / ".cache" / "srcluster-bench"
@@ -223,28 +223,9 @@ def pipeline_runner(model: str, settings: Settings) -> Runner:
 
 
 def cluster_upscale(url: str, data: bytes, model: str, timeout: float = 3600) -> bytes:
-    headers = {"X-Token": TOKEN}
-    reply = requests.post(
-        url + "/sr",
-        headers=headers,
-        files={"file": ("photo.png", data, "image/png")},
-        data={"model": model},
-        timeout=120,
-    )
-    reply.raise_for_status()
-    job = reply.json()["task_id"]
-    deadline = time.monotonic() + timeout
-    while True:
-        body = requests.get(f"{url}/result/{job}", headers=headers, timeout=30).json()
-        status = body["result"]["status"]
-        if status == "success":
-            break
-        if status in ("failed", "cancelled") or time.monotonic() > deadline:
-            raise RuntimeError(f"cluster job {job}: {body}")
-        time.sleep(0.02)
-    out = requests.get(f"{url}/result/{job}/download", headers=headers, timeout=120)
-    out.raise_for_status()
-    return out.content
+    # Client.wait holds on Prefer: wait, so the job's end is seen at once, not at the next poll
+    with Client(url, TOKEN, timeout=120) as client:
+        return client.upscale(data, filename="photo.png", timeout=timeout, model=model)
 
 
 def cluster_runner(url: str, model: str) -> Runner:
@@ -267,7 +248,8 @@ def cluster(base: Settings, folder: Path) -> Iterator[tuple[str, str]]:
         worker = None
         try:
             worker = WorkerProcess(settings, "bench", folder, concurrency=1).wait_ready(120)
-            info = requests.get(api.url + "/", headers={"X-Token": TOKEN}, timeout=10).json()
+            with Client(api.url, TOKEN) as client:
+                info = client.info()
             extra = {k: v for k, v in info.items() if k not in ("message", "models", "version")}
             yield api.url, json.dumps(extra, default=str)
         finally:

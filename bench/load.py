@@ -2,10 +2,10 @@
 
     .venv/bin/python bench/load.py [-n 200] [-t 8] [--size 24] [--model realesr-animevideov3]
 
-Starts an embedded Redis, the API under gunicorn (2 workers, 4 threads) and
+Starts an embedded Redis, the API under gunicorn (2 workers, 8 threads) and
 two Celery worker processes (concurrency 1, one inference thread each), then
 sends ``n`` distinct small photo-like PNGs concurrently from ``t`` client
-threads (one ``requests.Session`` each). Every job is then polled to a final
+threads (one :class:`srcluster.client.Client` each). Every job is then polled to a final
 status and its result downloaded and compared, pixel for pixel, with the local
 pipeline's output for its own input (computed in this process).
 
@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import requests
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -41,6 +40,7 @@ from common.imageio import decode, encode  # noqa: E402
 from common.params import parse_params  # noqa: E402
 from common.pipeline import upscale_bytes  # noqa: E402
 from common.settings import Settings  # noqa: E402
+from srcluster.client import Client, ServiceError, Unreachable  # noqa: E402
 
 MODEL = "realesr-animevideov3"
 TOKEN = "bench-load-token-0123456789abcdef"
@@ -182,14 +182,15 @@ def run_load(
         job_ids=[None] * n,
         final_status={},
     )
-    headers = {"X-Token": token}
+    clients: list[Client] = []
 
-    def session() -> requests.Session:
-        if not hasattr(local, "session"):
-            local.session = requests.Session()
-            local.session.headers.update(headers)
-        s: requests.Session = local.session
-        return s
+    def session() -> Client:
+        if not hasattr(local, "client"):
+            local.client = Client(url, token)
+            with lock:
+                clients.append(local.client)
+        c: Client = local.client
+        return c
 
     def count(status: int) -> None:
         with lock:
@@ -202,42 +203,38 @@ def run_load(
     def post(i: int) -> None:
         start = time.perf_counter()
         try:
-            reply = session().post(
-                url + "/sr",
-                files={"file": (f"in{i}.png", inputs[i], "image/png")},
-                data={"model": model},
-                timeout=60,
-            )
-        except requests.RequestException as exc:
+            job = session().submit(inputs[i], filename=f"in{i}.png", model=model)
+        except ServiceError as exc:
+            report.post_latency[i] = time.perf_counter() - start
+            report.post_status[i] = exc.status
+            count(exc.status)
+            return
+        except Unreachable as exc:
             report.post_latency[i] = time.perf_counter() - start
             error(f"POST {i}", exc)
             return
         report.post_latency[i] = time.perf_counter() - start
-        report.post_status[i] = reply.status_code
-        count(reply.status_code)
-        if reply.status_code == 202:
-            report.job_ids[i] = str(reply.json()["task_id"])
+        report.post_status[i] = 202  # the only success answer of POST /sr without a wait
+        count(202)
+        report.job_ids[i] = job
 
     results: dict[int, bytes] = {}
 
     def poll(i: int) -> None:
         job = report.job_ids[i]
+        assert job is not None
         try:
-            reply = session().get(f"{url}/result/{job}", timeout=30)
-            count(reply.status_code)
-            if reply.status_code != 200:
-                return
-            status = reply.json()["result"]["status"]
+            status = session().result(job)["status"]
+            count(200)
             if status not in FINAL:
                 return
             if status == "success":
-                got = session().get(f"{url}/result/{job}/download", timeout=60)
-                count(got.status_code)
-                if got.status_code != 200:
-                    return  # polled again next round
-                results[i] = got.content
+                results[i] = session().download(job)
+                count(200)
             report.final_status[i] = status
-        except requests.RequestException as exc:
+        except ServiceError as exc:
+            count(exc.status)  # polled again next round
+        except Unreachable as exc:
             error(f"poll {i}", exc)
 
     with ThreadPoolExecutor(threads) as pool:
@@ -250,6 +247,8 @@ def run_load(
             list(pool.map(poll, pending))
             pending = [i for i in pending if i not in report.final_status]
         report.wall = time.perf_counter() - begin
+    for c in clients:
+        c.close()
 
     wanted = list(expected() if callable(expected) else expected)
     owner: dict[bytes, int] = {}

@@ -14,6 +14,8 @@ pool processes resolves the rule once, before it forks (``worker.runtime``).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import os
 from collections.abc import Mapping
@@ -75,6 +77,20 @@ DEFAULT_VISIBILITY_TIMEOUT = 2 * DEFAULT_TILE_TIME_LIMIT
 
 DEFAULT_MAX_DELIVERIES = 3
 """Deliveries of one tile before its job fails (a tile that kills its worker every time)."""
+
+DEFAULT_WEBHOOK_ATTEMPTS = 7
+"""Attempts to deliver a job's callback before giving up (the first and six retries)."""
+
+DEFAULT_WEBHOOK_RETRY_DELAY = 5.0
+"""Seconds before a failed callback's first retry; each later one waits 4x longer
+(5 s, 20 s, 80 s, 5 min, 21 min, 85 min: about 1.9 h in all by default)."""
+
+DEFAULT_WAIT_SLOTS = 4
+"""Requests per API process that may hold for ``Prefer: wait`` at once (the rest are
+answered at once): below gunicorn's threads per process, so waits never take them all."""
+
+WEBHOOK_SECRET_PREFIX = "whsec_"
+"""How Standard Webhooks secrets begin; the rest is the key, base64-encoded."""
 
 
 @dataclass(frozen=True)
@@ -144,6 +160,18 @@ class Settings:
     stitch_queue: str = "stitch"
     """Celery queue of stitch tasks."""
 
+    webhook_secret: str = ""
+    """Key signing callbacks (Standard Webhooks: ``whsec_`` + base64 of 16+ random bytes);
+    empty: ``callback_url`` is refused. Workers sign, the API checks it is set."""
+
+    webhook_attempts: int = DEFAULT_WEBHOOK_ATTEMPTS
+    webhook_retry_delay: float = DEFAULT_WEBHOOK_RETRY_DELAY
+
+    webhook_allow_private: bool = False
+    """Tests only: let ``callback_url`` name loopback and private addresses. Never in production."""
+
+    wait_slots: int = DEFAULT_WAIT_SLOTS
+
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     flower_port: int = 5555
@@ -202,6 +230,27 @@ class Settings:
                     value=origin,
                 )
         return origins
+
+    def webhook_key(self) -> bytes | None:
+        """The HMAC key that signs callbacks (``webhook_secret`` decoded), or ``None`` if unset.
+
+        Raises:
+            ConfigError: the secret is not ``whsec_`` + base64 of 16+ bytes.
+        """
+        if not self.webhook_secret:
+            return None
+        encoded = self.webhook_secret.removeprefix(WEBHOOK_SECRET_PREFIX)
+        try:
+            key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+        except (binascii.Error, ValueError):
+            key = b""
+        if len(key) < 16:
+            raise ConfigError(
+                "SRCLUSTER_WEBHOOK_SECRET must be whsec_ followed by the base64 of 16+ random "
+                'bytes (e.g. python3 -c "import base64, os; '
+                "print('whsec_' + base64.b64encode(os.urandom(32)).decode())\")"
+            )
+        return key
 
     def to_env(self) -> dict[str, str]:
         """These settings as ``SRCLUSTER_*`` variables, for a child process (a worker, the API)."""
@@ -271,6 +320,13 @@ class Settings:
             raise ConfigError("SRCLUSTER_MAX_DELIVERIES must be at least 1")
         if self.blob_url:
             check_blob_url(self.blob_url)
+        if self.webhook_attempts < 1:
+            raise ConfigError("SRCLUSTER_WEBHOOK_ATTEMPTS must be at least 1")
+        if not self.webhook_retry_delay > 0:
+            raise ConfigError("SRCLUSTER_WEBHOOK_RETRY_DELAY must be positive")
+        if self.wait_slots < 0:
+            raise ConfigError("SRCLUSTER_WAIT_SLOTS must be 0 (never wait) or positive")
+        self.webhook_key()
         self.token_names()
         self.cors_origin_list()
 

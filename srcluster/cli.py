@@ -19,6 +19,7 @@ from common.models import Registry
 from common.params import UpscaleParams, parse_params
 from common.pipeline import upscale_bytes
 from common.settings import Settings
+from srcluster import submit
 from srcluster.options import (
     add_upscale_options,
     check_writable,
@@ -42,6 +43,12 @@ def _parser() -> argparse.ArgumentParser:
         "-i in.jpg -o out.png -n MODEL -s 4 -t 0 -f png.",
     )
     add_upscale_options(upscale)
+
+    remote = commands.add_parser(
+        "submit", help="upscale an image or a folder of images on a remote cluster"
+    )
+    add_upscale_options(remote)
+    submit.add_arguments(remote)
 
     cluster = commands.add_parser(
         "up", help="run Redis, a worker, the API and Flower on this machine"
@@ -187,6 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings.from_env()
         if args.command == "upscale":
             return _cmd_upscale(args, settings)
+        if args.command == "submit":
+            return submit.run(args, settings, images_in=_images_in, check_names=_check_names)
         if args.command == "up":
             from srcluster.up import up
 

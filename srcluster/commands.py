@@ -27,8 +27,9 @@ import srcluster
 API_WORKERS = 2
 """gunicorn worker processes of the API."""
 
-API_THREADS = 4
-"""Threads per API process (uploads wait on Redis and the network, not the CPU)."""
+API_THREADS = 8
+"""Threads per API process (uploads wait on Redis and the network, not the CPU). Twice the
+default ``SRCLUSTER_WAIT_SLOTS``: requests held by ``Prefer: wait`` never take them all."""
 
 API_TIMEOUT = 120
 """Seconds gunicorn lets one request run (large uploads, ``url`` fetches)."""

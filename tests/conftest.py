@@ -17,7 +17,7 @@ from common.models import Registry
 from common.settings import Settings
 from tests import s3
 from tests.cluster import ApiServer, WorkerProcess, redis_for_tests, with_db
-from tests.tokens import TOKENS
+from tests.tokens import TOKENS, WEBHOOK_SECRET
 
 
 def photo_like(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -87,6 +87,11 @@ def cluster_settings(settings: Settings, redis_url: str) -> Settings:
         tokens=TOKENS,
         threads=0,
         janitor_interval=1,
+        # callbacks reach the tests' receivers on loopback; test_callbacks.py shows the
+        # default (private targets refused) with its own apps
+        webhook_secret=WEBHOOK_SECRET,
+        webhook_allow_private=True,
+        webhook_retry_delay=0.5,
     )
 
 

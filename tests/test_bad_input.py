@@ -112,9 +112,7 @@ def test_jobs_before_and_after_the_corpus_succeed(
         body = wait_done(api, job_id)
         assert body["status"] == "success", body
         assert (body["width"], body["height"]) == (96, 96)
-        reply = download(api, job_id)
-        assert reply.status_code == 200
-        assert reply.headers["Content-Type"] == "image/png"
+        assert download(api, job_id).content_type == "image/png"
     assert "unexpected error" not in api.log.read_text(errors="replace")
 
 

@@ -22,10 +22,10 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
-import requests
 
 from common.cluster.store import JobStore
 from common.settings import Settings
+from srcluster.client import Client, ServiceError
 from tests import browser as chromium
 from tests.cluster import ApiServer, wait_for
 from tests.tokens import ALICE
@@ -121,10 +121,8 @@ def job_card(browser: Any) -> Any:
 
 
 def api_result(api: ApiServer, job_id: str) -> dict[str, Any]:
-    reply = requests.get(f"{api.url}/result/{job_id}", headers={"X-Token": ALICE}, timeout=10)
-    reply.raise_for_status()
-    result: dict[str, Any] = reply.json()["result"]
-    return result
+    with Client(api.url, ALICE, timeout=10) as client:
+        return client.result(job_id)
 
 
 def assert_csp_clean(browser: Any) -> None:
@@ -230,11 +228,8 @@ def test_upload_progress_slider_download_another_reload(
     saved = downloads / name
     wait_for(saved.exists, 20, "the download")
     wait_for(lambda: not list(downloads.glob("*.crdownload")), 20, "the download to finish")
-    served = requests.get(
-        f"{api.url}/result/{job_id}/download", headers={"X-Token": ALICE}, timeout=30
-    )
-    assert served.status_code == 200
-    assert saved.read_bytes() == served.content
+    with Client(api.url, ALICE) as client:
+        assert saved.read_bytes() == client.download(job_id)
     assert_csp_clean(page)
 
     # another option makes another job, listed above the first
@@ -265,20 +260,16 @@ def test_upload_progress_slider_download_another_reload(
 def test_a_text_file_shows_the_service_message(page: Any, api: ApiServer, tmp_path: Path) -> None:
     notes = tmp_path / "notes.txt"
     notes.write_text("not an image\n")
-    refusal = requests.post(
-        f"{api.url}/sr",
-        headers={"X-Token": ALICE},
-        files={"file": ("notes.txt", notes.read_bytes())},
-        data={"model": COMPACT},
-        timeout=10,
-    )
-    assert refusal.status_code == 415
+    with Client(api.url, ALICE) as client, pytest.raises(ServiceError) as refused:
+        client.submit(notes.read_bytes(), filename="notes.txt", model=COMPACT)
+    refusal = refused.value
+    assert refusal.status == 415
     drop_file(page, "#drop", "notes.txt", notes.read_bytes(), "text/plain")
     wait_for(lambda: "cannot show" in find(page, "#preview-caption").text, 10, "the preview note")
     choose(page, "#model", COMPACT)
     find(page, "#go").click()
     status = find(page, "#form-status")
-    wait_for(lambda: refusal.json()["message"] in status.text, 20, "the service's message")
+    wait_for(lambda: refusal.message in status.text, 20, "the service's message")
     assert "415" in status.text and "error" in (status.get_attribute("class") or "")
     assert status.get_attribute("role") == "alert"
     assert not find_all(page, "#jobs .job")
@@ -295,15 +286,10 @@ def test_a_failed_job_shows_why_after_a_reload(
 ) -> None:
     """A job this browser sent before a reload is followed again, to its failure and reason."""
     source = image_file(tmp_path, photo, 960, 720)
-    reply = requests.post(
-        f"{api.url}/sr",
-        headers={"X-Token": ALICE},
-        files={"file": (source.name, source.read_bytes())},
-        data={"model": COMPACT, "tile_size": "32"},
-        timeout=30,
-    )
-    assert reply.status_code == 202, reply.text
-    job_id = reply.json()["task_id"]
+    with Client(api.url, ALICE) as client:
+        job_id = client.submit(
+            source.read_bytes(), filename=source.name, model=COMPACT, tile_size=32
+        )
     # a job estimated to overrun its timeout is refused at submit (422 job_too_long), so
     # this one is ended as the janitor ends a job that overran all the same
     store = JobStore.from_url(cluster_settings.redis_url, cluster_settings.result_ttl)

@@ -22,7 +22,6 @@ import cv2
 import numpy as np
 import pytest
 import redis
-import requests
 from celery import Celery
 
 from common.cluster.protocol import STITCH_TASK, TILE_TASK, celery_config
@@ -31,7 +30,7 @@ from common.imageio import decode, encode
 from common.params import parse_params
 from common.pipeline import upscale_bytes
 from common.settings import Settings
-from srcluster.client import Client
+from srcluster.client import Client, Download, ServiceError
 from tests.cluster import ROOT, ApiServer, WorkerProcess, child_env, wait_for
 from tests.conftest import Cluster
 from tests.tokens import ALICE, BOB
@@ -56,10 +55,8 @@ def wait_done(api: ApiServer, job_id: str, timeout: float = 120) -> dict[str, An
     return client(api).wait(job_id, timeout)
 
 
-def download(api: ApiServer, job_id: str, token: str = ALICE) -> requests.Response:
-    return requests.get(
-        f"{api.url}/result/{job_id}/download", headers={"X-Token": token}, timeout=60
-    )
+def download(api: ApiServer, job_id: str, token: str = ALICE) -> Download:
+    return client(api, token).image(job_id)
 
 
 def local(settings: Settings, data: bytes, **params: Any) -> np.ndarray:
@@ -88,9 +85,8 @@ def test_upload_is_pixel_identical_to_local_pipeline(blob_cluster: Cluster, phot
     assert body["status"] == "success", body
     assert body["progress"]["done"] == body["progress"]["total"] > 1
     reply = download(api, job_id)
-    assert reply.status_code == 200
-    assert reply.headers["Content-Type"] == "image/png"
-    remote = decode(reply.content, 1 << 30).pixels
+    assert reply.content_type == "image/png"
+    remote = decode(reply.data, 1 << 30).pixels
     expected = local(cluster_settings, data, tile_size=32)
     assert remote.dtype == expected.dtype and remote.shape == expected.shape
     np.testing.assert_array_equal(remote, expected)
@@ -109,13 +105,13 @@ def test_scale_resize_and_format_match_local(api, worker, cluster_settings, phot
     job_id = submit(api, data, tile_size=48, scale=3, format="webp", skip_alpha="true")
     assert wait_done(api, job_id)["status"] == "success"
     reply = download(api, job_id)
-    assert reply.headers["Content-Type"] == "image/webp"
+    assert reply.content_type == "image/webp"
     expected, _ = upscale_bytes(
         data,
         parse_params(model=COMPACT, tile_size=48, scale=3, format="webp", skip_alpha=True),
         cluster_settings,
     )
-    assert reply.content == expected
+    assert reply.data == expected
 
 
 def test_two_workers_share_one_image(api, worker, cluster_settings, logs, photo) -> None:
@@ -128,7 +124,7 @@ def test_two_workers_share_one_image(api, worker, cluster_settings, logs, photo)
         ran = store.workers_of(job_id)
         assert len(ran) == 40
         assert set(ran.values()) == {worker.hostname, second.hostname}
-        remote = decode(download(api, job_id).content, 1 << 30).pixels
+        remote = decode(download(api, job_id).data, 1 << 30).pixels
         np.testing.assert_array_equal(remote, local(cluster_settings, data, tile_size=32))
     finally:
         second.stop()
@@ -157,9 +153,7 @@ def test_cancel_stops_a_running_job_and_deletes_its_data(blob_cluster: Cluster, 
     data = encode(np.resize(photo, (384, 384, 3)).astype(np.uint8), "png")
     job_id = submit(api, data, tile_size=32)
     wait_for(lambda: result(api, job_id)["progress"]["done"] >= 2, 60, "two tiles done")
-    reply = requests.delete(f"{api.url}/result/{job_id}", headers={"X-Token": ALICE}, timeout=30)
-    assert reply.status_code == 200
-    assert reply.json()["result"]["status"] == "cancelled"
+    assert Client(api.url, ALICE).cancel(job_id)["status"] == "cancelled"
     done_at_cancel = result(api, job_id)["progress"]["done"]
     time.sleep(3)
     body = result(api, job_id)
@@ -172,23 +166,25 @@ def test_cancel_stops_a_running_job_and_deletes_its_data(blob_cluster: Cluster, 
     store = JobStore.from_settings(cluster_settings)
     assert store.blobs is None or store.blobs.names(job_id) == [], "no blob is left either"
     store.close()
-    assert download(api, job_id).status_code == 409
+    with pytest.raises(ServiceError) as refused:
+        download(api, job_id)
+    assert refused.value.status == 409
 
 
 def test_another_token_sees_nothing(blob_cluster: Cluster, photo) -> None:
     api = blob_cluster.api
     job_id = submit(api, inputs(photo)["rgb"], tile_size=32)
     wait_done(api, job_id)
-    for method, path in (("GET", ""), ("GET", "/download"), ("DELETE", "")):
-        reply = requests.request(
-            method, f"{api.url}/result/{job_id}{path}", headers={"X-Token": BOB}, timeout=30
-        )
-        missing = requests.request(
-            method, f"{api.url}/result/{'0' * 32}{path}", headers={"X-Token": BOB}, timeout=30
-        )
-        assert reply.status_code == missing.status_code == 404
-        assert reply.json() == missing.json()
-    assert download(api, job_id).status_code == 200, "the owner still has it"
+    bob = client(api, BOB)
+    for verb in (bob.result, bob.download, bob.cancel):
+        answers = []
+        for target in (job_id, "0" * 32):  # bob's view of alice's job, and of no job
+            with pytest.raises(ServiceError) as refused:
+                verb(target)
+            e = refused.value
+            answers.append((e.status, e.code, e.message, e.detail))
+        assert answers[0] == answers[1] and answers[0][0] == 404, answers
+    assert download(api, job_id).data, "the owner still has it"
 
 
 def test_a_real_worker_registers_both_tasks_and_announces_itself(worker, cluster_settings) -> None:

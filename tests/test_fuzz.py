@@ -3,13 +3,15 @@
 Schemathesis reads ``GET /openapi.json`` from the Flask app in process (WSGI)
 and generates requests for every operation, both valid ones (positive) and ones
 that break the schema (negative). Bounded: a fixed number of examples, each with
-a deadline. ``url`` values are never fetched: the resolver is replaced by one
-that answers a documentation address (192.0.2.1), which the fetcher refuses
-as non-public, so no request leaves the machine whatever host is generated.
+a deadline. ``url`` and ``callback_url`` values are never connected to: the
+resolver is replaced by one that answers a documentation address (192.0.2.1),
+which both refuse as non-public, so no request leaves the machine whatever
+host is generated.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from collections.abc import Iterator
@@ -24,6 +26,7 @@ from hypothesis import strategies as st
 
 from api import create_app, routes
 from api.fetch import fetch
+from common.cluster.callbacks import check_url
 from common.settings import Settings
 from tests.tokens import ALICE
 
@@ -39,9 +42,13 @@ def _offline(host: str, port: int) -> list[str]:
 
 @pytest.fixture(scope="module")
 def fuzz_app(cluster_settings: Settings) -> Iterator[Flask]:
+    # the default SSRF rules for callback_url, resolved offline too; no request is held
+    # for Prefer: wait (a generated wait=59 would outlast the deadline), but each is parsed
+    strict = dataclasses.replace(cluster_settings, webhook_allow_private=False, wait_slots=0)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(routes, "fetch", functools.partial(fetch, resolver=_offline))
-        app = create_app(cluster_settings)
+        patch.setattr(routes, "check_callback", functools.partial(check_url, resolver=_offline))
+        app = create_app(strict)
         app.config["TESTING"] = True
         yield app
         app.extensions["srcluster"].close()

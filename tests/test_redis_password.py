@@ -48,9 +48,7 @@ def test_a_job_runs_against_a_redis_with_a_password(
         job_id = submit(api, PNG, tile_size=32)
         body = wait_done(api, job_id)
         assert body["status"] == "success", body
-        reply = download(api, job_id)
-        assert reply.status_code == 200
-        assert reply.headers["Content-Type"] == "image/png"
+        assert download(api, job_id).content_type == "image/png"
 
         # the job really lives in the password-protected Redis
         client = redis.Redis.from_url(server.url)

@@ -16,6 +16,7 @@ import requests
 
 from common.cluster.embedded import free_port
 from common.settings import Settings
+from srcluster.client import Client
 from tests.cluster import ROOT, child_env, wait_for
 
 pytestmark = pytest.mark.cluster
@@ -53,29 +54,11 @@ def test_up_serves_an_upload_and_stops_cleanly(settings: Settings, tmp_path: Pat
         token = next(
             line.split()[1] for line in text.splitlines() if line.strip().startswith("token:")
         )
-        api = f"http://127.0.0.1:{api_port}"
         photo = (ROOT / "tests" / "data" / "photo.png").read_bytes()
-        reply = requests.post(
-            api + "/sr",
-            headers={"X-Token": token},
-            files={"file": ("photo.png", photo)},
-            data={"model": "realesr-animevideov3"},
-            timeout=60,
-        )
-        assert reply.status_code == 202, reply.text
-        job = reply.json()["task_id"]
-
-        def status() -> str | None:
-            body = requests.get(
-                f"{api}/result/{job}", headers={"X-Token": token}, timeout=10
-            ).json()
-            return body["result"]["status"] if body["result"]["status"] != "pending" else None
-
-        wait_for(lambda: status() in ("success", "failed"), 120, "the job")
-        download = requests.get(
-            f"{api}/result/{job}/download", headers={"X-Token": token}, timeout=30
-        )
-        assert download.status_code == 200 and download.content.startswith(b"\x89PNG")
+        with Client(f"http://127.0.0.1:{api_port}", token) as client:
+            job = client.submit(photo, filename="photo.png", model="realesr-animevideov3")
+            assert client.wait(job, timeout=120)["status"] == "success"
+            assert client.download(job).startswith(b"\x89PNG")
         assert requests.get(f"http://127.0.0.1:{flower_port}/", timeout=10).status_code == 401
         password = (tmp_path / "data" / "flower-password").read_text().strip()
         wait_for(

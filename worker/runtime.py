@@ -20,7 +20,7 @@ from typing import Any
 from celery import signals
 
 from common import memory
-from common.cluster import jobs
+from common.cluster import callbacks, jobs
 from common.cluster.protocol import STITCH_TASK
 from common.cluster.store import JobStore
 from common.engines import select
@@ -109,6 +109,7 @@ def _start_janitor(sender: Any = None, **_: Any) -> None:
         name="srcluster-janitor",
         daemon=True,
     ).start()
+    threading.Thread(target=_deliverer, name="srcluster-callbacks", daemon=True).start()
 
 
 def _janitor(name: str, slots: int) -> None:
@@ -156,3 +157,25 @@ def _memory_key(s: Settings) -> str:
         return select.choose(s, detect_host()).memory_key
     except ConfigError:  # the worker will refuse its tiles with this error; plan as for ORT
         return "ort-cpu"
+
+
+CALLBACK_POLL = 0.5
+"""Seconds between a deliverer's looks at the callback outbox when it found nothing due."""
+
+
+def _deliverer() -> None:
+    """Deliver the callbacks of ended jobs, forever (a daemon thread of the main process).
+
+    Apart from the janitor, so a slow receiver (up to 10 s an attempt) never
+    delays the heartbeat; every worker runs one, and the outbox's claims keep
+    them from posting the same callback twice.
+    """
+    s = settings()
+    outbox = callbacks.Outbox(JobStore.from_url(s.redis_url, s.result_ttl))
+    while True:
+        try:
+            if callbacks.deliver_due(outbox, s):
+                continue  # maybe more are due
+        except Exception:  # Redis restarting: the outbox is still there next round
+            log.warning("callback round failed", exc_info=True)
+        time.sleep(CALLBACK_POLL)

@@ -142,9 +142,11 @@ def submit(
     owner_name: str,
     timeout: float,
     estimate: float | None = None,
+    callback_url: str | None = None,
 ) -> None:
     """Record a prepared job (``pending``) with its input in the store (one transaction);
-    ``estimate`` is its estimated seconds of inference (:mod:`common.estimate`)."""
+    ``estimate`` is its estimated seconds of inference (:mod:`common.estimate`);
+    ``callback_url`` (already checked) is posted the job's status when it ends."""
     store.create(
         prepared.job_id,
         owner=owner,
@@ -157,6 +159,7 @@ def submit(
         extras=prepared.extras(),
         timeout=timeout,
         estimate=estimate,
+        callback_url=callback_url,
     )
 
 

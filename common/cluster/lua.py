@@ -5,14 +5,18 @@ the Python reads as the store's contract and the Lua as its mechanics. Every
 script touches only the keys passed in ``KEYS`` (see the store's key layout).
 """
 
-# KEYS[1] job hash, KEYS[2] active set, KEYS[3] stats hash; ARGV[1] new status, ARGV[2..]
-# allowed current statuses. Sets the extra fields given after a "--" marker and counts the
-# job as having entered the new status. Returns 1 if changed, 0 otherwise.
+# KEYS[1] job hash, KEYS[2] active set, KEYS[3] stats hash, KEYS[4] callback outbox;
+# ARGV[1] new status, ARGV[2] now, ARGV[3..] allowed current statuses. Sets the extra fields
+# given after a "--" marker and counts the job as having entered the new status.
+# Ending a job (a final status) also, in the same step: takes it off the active set, queues
+# its callback if it has one (so no process dying after this can lose it), and announces
+# the end on the job's channel (PUBLISH <job key>:ended) for requests waiting on it.
+# Returns 1 if changed, 0 otherwise.
 TRANSITION = """
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current then return 0 end
 local allowed = false
-local i = 2
+local i = 3
 while ARGV[i] ~= '--' do
   if ARGV[i] == current then allowed = true end
   i = i + 1
@@ -27,6 +31,11 @@ while ARGV[i] do
 end
 if ARGV[1] == 'success' or ARGV[1] == 'failed' or ARGV[1] == 'cancelled' then
   redis.call('ZREM', KEYS[2], KEYS[1])
+  if redis.call('HEXISTS', KEYS[1], 'callback_url') == 1 then
+    redis.call('ZADD', KEYS[4], 'NX', ARGV[2], KEYS[1])
+    redis.call('HSET', KEYS[1], 'callback_status', 'pending')
+  end
+  redis.call('PUBLISH', KEYS[1] .. ':ended', ARGV[1])
 end
 return 1
 """
@@ -133,4 +142,17 @@ for k = 3, #KEYS do
   end
 end
 return #dead
+"""
+
+
+# KEYS[1] callback outbox; ARGV[1] now, ARGV[2] lease end, ARGV[3] most to claim.
+# Claims the callbacks due by now: each one's score moves to the lease's end, so no
+# other deliverer takes it meanwhile, and it comes due again if this one dies.
+# Returns the claimed members (job keys).
+CLAIM_CALLBACKS = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
+for _, member in ipairs(due) do
+  redis.call('ZADD', KEYS[1], 'XX', ARGV[2], member)
+end
+return due
 """

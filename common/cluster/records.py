@@ -110,10 +110,14 @@ class JobRecord:
     output: dict[str, Any] = field(default_factory=dict)
     estimate: float | None = None
     """Seconds of inference estimated at submit (:func:`common.estimate.estimate`)."""
+    callback_url: str | None = None
+    callback: dict[str, Any] | None = None
+    """``{"status", "attempts", "error"?}`` of the job's callback, if it asked for one."""
 
     def public(self, now: float | None = None) -> dict[str, Any]:
         """The ``result`` object of ``GET /result/<id>`` at time ``now`` (default: now)."""
         body: dict[str, Any] = {
+            "task_id": self.id,
             "status": self.status.value,
             "progress": {"done": self.done, "total": self.parts},
             "model": self.params.get("model"),
@@ -135,4 +139,6 @@ class JobRecord:
         body.update(self.output)
         if self.error is not None:
             body["error"] = {"code": self.error_code or "failed", "message": self.error}
+        if self.callback is not None:
+            body["callback"] = self.callback
         return body

@@ -10,6 +10,8 @@ every one with the result TTL::
                       landed            when the last part's output landed (the stitch should follow)
                       stitch_requested  when the janitor last re-sent a stitch for it
                       stitches          how many stitches ended the job (1; more would be a bug)
+                      callback_url      where to POST the job's status when it ends (if asked)
+                      callback_status   pending | delivered | failed, callback_attempts, callback_error
                       blobs             where its bytes are: redis, file or the s3:// URL
     P:done          set of finished part numbers (SADD is idempotent under redelivery; SCARD is progress)
     P:in:<p>:<c>    column strip ``c`` of plane ``p``'s reflection-extended input: raw C-order
@@ -21,6 +23,8 @@ every one with the result TTL::
     P:workers       hash part -> the worker that ran it
     P:running       hash part -> the process (host:pid) that last started it
     srcluster:active         sorted set of unfinished job keys, scored by deadline (the periodic check)
+    srcluster:callbacks      sorted set of ended jobs' keys whose callback is undelivered, scored by
+                             when it is next due (see :mod:`common.cluster.callbacks`)
     srcluster:blob-sweep     set while one janitor sweeps old blobs (a blob store only)
     srcluster:stats          hash of counters and latency buckets, no TTL (:mod:`common.cluster.stats`)
 
@@ -38,7 +42,9 @@ marks them done, deleted again when the script says the job has ended.
 
 Status changes go through :meth:`JobStore.transition`, an atomic check-and-set
 in Lua: ``success``, ``failed`` and ``cancelled`` are final, so a late tile or
-a redelivered stitch can never revive or overwrite a finished job.
+a redelivered stitch can never revive or overwrite a finished job. The same
+step that ends a job queues its callback and publishes ``P:ended`` (a pub/sub
+channel, not a key) for requests waiting on it (:mod:`common.cluster.events`).
 """
 
 from __future__ import annotations
@@ -90,6 +96,7 @@ __all__ = [
 
 PREFIX = "srcluster:job:"
 ACTIVE = "srcluster:active"
+CALLBACKS = "srcluster:callbacks"
 BLOB_SWEEP = "srcluster:blob-sweep"
 
 RESULT_CHUNK = 1 << 20
@@ -185,10 +192,12 @@ class JobStore(WorkerRegistry):
         timeout: float,
         groups: int | None = None,
         estimate: float | None = None,
+        callback_url: str | None = None,
     ) -> None:
         """Record a new ``pending`` job of ``parts`` parts (in ``groups`` tasks; default one
         per part) with its input, all expiring after the TTL; ``estimate`` is its estimated
-        seconds of inference.
+        seconds of inference; ``callback_url`` (checked by the caller) is posted the job's
+        status when it ends.
 
         ``strips`` are ``(plane, column, raw bytes)`` (see the key layout). One
         transaction: a job is recorded whole or not at all (with a blob store, the
@@ -217,6 +226,8 @@ class JobStore(WorkerRegistry):
         }
         if estimate is not None:
             record["estimate"] = estimate
+        if callback_url:
+            record["callback_url"] = callback_url
         pipe.hset(self.key(job_id), mapping=record)
         pipe.expire(self.key(job_id), self.ttl)
         pipe.zadd(ACTIVE, {self.key(job_id): now + timeout})
@@ -238,6 +249,14 @@ class JobStore(WorkerRegistry):
             return None
         fields = {k.decode(): v.decode() for k, v in raw.items()}
         output = json.loads(fields["output"]) if "output" in fields else {}
+        callback: dict[str, Any] | None = None
+        if "callback_url" in fields:
+            callback = {
+                "status": fields.get("callback_status", "waiting"),
+                "attempts": int(fields.get("callback_attempts", 0)),
+            }
+            if "callback_error" in fields:
+                callback["error"] = fields["callback_error"]
         return JobRecord(
             id=job_id,
             status=JobStatus(fields["status"]),
@@ -260,6 +279,8 @@ class JobStore(WorkerRegistry):
             error=fields.get("error"),
             error_code=fields.get("error_code"),
             estimate=float(fields["estimate"]) if "estimate" in fields else None,
+            callback_url=fields.get("callback_url"),
+            callback=callback,
             output=output,
         )
 
@@ -280,10 +301,11 @@ class JobStore(WorkerRegistry):
 
         Returns whether the change happened (atomic: of two racing callers, one wins).
         """
-        args: list[str | float | int] = [to.value, *(s.value for s in allowed), "--"]
+        args: list[str | float | int] = [to.value, time.time(), *(s.value for s in allowed), "--"]
         for name, value in fields.items():
             args += [name, value]
-        return bool(self._transition(keys=[self.key(job_id), ACTIVE, STATS], args=args))
+        keys = [self.key(job_id), ACTIVE, STATS, CALLBACKS]
+        return bool(self._transition(keys=keys, args=args))
 
     def start(self, job_id: str) -> None:
         """Mark a pending job ``processing`` (the first tile has begun)."""
