@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
 from typing import Any, cast
 
 from flask import Blueprint, Response, current_app, g, jsonify, redirect, request
 
-from api import openapi
+from api import compat, openapi
 from api.auth import authenticate, token_of, token_required
-from api.errors import Gone, NotFound, NotReady, Unavailable
+from api.errors import Gone, MissingImage, NotFound, NotReady, Unavailable
 from api.fetch import fetch
 from api.services import Services
 from common.cluster import jobs
@@ -19,7 +20,7 @@ from common.errors import BadParameter, UnknownField, UnsupportedImage
 from common.estimate import refuse_too_long
 from common.imageio import extension
 from common.models import DEFAULT_MODEL
-from common.params import parse_params
+from common.params import ResizeTo, parse_params
 
 bp = Blueprint("srcluster", __name__)
 
@@ -143,7 +144,7 @@ def _upload() -> bytes:
     """The image bytes of ``POST /sr``: the ``file`` upload or what ``url`` points to.
 
     Raises:
-        BadParameter: both or neither given.
+        BadParameter: both given (:class:`MissingImage`: neither).
         UnsupportedImage: an empty file.
         ImageTooLarge: over ``max_bytes``.
     """
@@ -158,7 +159,7 @@ def _upload() -> bytes:
     if upload is not None and url:
         raise BadParameter("give either file or url, not both", parameter="file")
     if upload is None and not url:
-        raise BadParameter(
+        raise MissingImage(
             "give the image as a multipart file field 'file' or as 'url'", parameter="file"
         )
     if upload is None:
@@ -173,10 +174,16 @@ def _upload() -> bytes:
 def submit() -> Response:
     svc = services()
     form = request.form
+    krau = compat.enabled(svc.settings)
     _check_fields()
+    fields = {name: form.get(name) for name in PARAM_FIELDS}
+    krau_resize = None
+    if krau:
+        krau_resize = compat.parse_resize_to(fields.pop("resize_to"))
+        fields["format"] = fields["format"] or compat.DEFAULT_FORMAT
     params = parse_params(
-        model=form.get("model", "").strip() or DEFAULT_MODEL,
-        **{name: form.get(name) for name in PARAM_FIELDS},
+        model=form.get("model", "").strip() or (compat.DEFAULT_MODEL if krau else DEFAULT_MODEL),
+        **fields,
     )
     timeout = _timeout(form.get("timeout"))
     data = _upload()
@@ -185,6 +192,13 @@ def submit() -> Response:
         data, params, svc.settings, svc.registry, workers=capacity.slots, limits=capacity.limits
     )
     del data
+    if krau_resize is not None:
+        plan = prepared.plan
+        size = compat.final_size(
+            krau_resize, plan.width, plan.height, params.scale, plan.model_scale
+        )
+        prepared = dataclasses.replace(prepared, plan=compat.resized(plan, size, svc.settings))
+        params = dataclasses.replace(params, resize_to=ResizeTo(width=size[0], height=size[1]))
     estimate = jobs.estimate_job(svc.store, svc.registry, prepared.plan, capacity.slots)
     if svc.settings.estimate_check:
         refuse_too_long(estimate, timeout, svc.settings.max_timeout)
@@ -203,7 +217,7 @@ def submit() -> Response:
         current_app.logger.exception("could not queue job %s", prepared.job_id)
         svc.store.fail(prepared.job_id, "queue_error", "the job could not be queued")
         raise Unavailable("the task queue does not answer; try again later") from exc
-    response = _json({"task_id": prepared.job_id, "message": "Success"}, 202)
+    response = _json({"task_id": prepared.job_id, "message": "Success"}, 200 if krau else 202)
     response.headers["Location"] = f"/result/{prepared.job_id}"
     return response
 
@@ -223,7 +237,16 @@ def _own_job(job_id: str) -> JobRecord:
 @bp.get("/result/<job_id>")
 @token_required
 def result(job_id: str) -> Response:
-    return _json({"result": _own_job(job_id).public()})
+    record = _own_job(job_id)
+    body = record.public()
+    if compat.enabled(services().settings) and record.status is JobStatus.SUCCESS:
+        body["path"] = f"output/{_file_name(record)}"  # krau's field; names the download
+    return _json({"result": body})
+
+
+def _file_name(record: JobRecord) -> str:
+    fmt = record.output.get("format") or record.plan.get("format") or "png"
+    return f"{record.id}{extension(fmt)}"
 
 
 @bp.get("/result/<job_id>/download")
@@ -239,9 +262,8 @@ def download(job_id: str) -> Response:
     data = services().store.result(job_id)
     if data is None:
         raise Gone("the result was deleted or has expired", status=record.status.value)
-    fmt = record.output.get("format") or record.plan.get("format") or "png"
     response = Response(data, mimetype=record.output.get("content_type", "image/png"))
-    response.headers["Content-Disposition"] = f'attachment; filename="{job_id}{extension(fmt)}"'
+    response.headers["Content-Disposition"] = f'attachment; filename="{_file_name(record)}"'
     return response
 
 
