@@ -192,6 +192,7 @@ def submit() -> Response:
         data, params, svc.settings, svc.registry, workers=capacity.slots, limits=capacity.limits
     )
     del data
+    params = dataclasses.replace(params, model=prepared.plan.model)  # an alias's own name
     if krau_resize is not None:
         plan = prepared.plan
         size = compat.final_size(
