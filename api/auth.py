@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 from flask import Request, current_app, g, request
 
-from api.errors import Unauthorized
+from api.errors import TokenMissing, Unauthorized
 from common.cluster.store import token_hash
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -63,11 +63,11 @@ def authenticate(req: Request, table: TokenTable) -> Caller:
     """The caller of ``req``.
 
     Raises:
-        Unauthorized: no token, or an unknown one.
+        Unauthorized: an unknown token (:class:`TokenMissing`: none).
     """
     token = token_of(req)
     if token is None:
-        raise Unauthorized("a token is required: send X-Token or Authorization: Bearer")
+        raise TokenMissing("a token is required: send X-Token or Authorization: Bearer")
     name = table.check(token)
     if name is None:
         raise Unauthorized("the token is not valid")

@@ -5,6 +5,8 @@ The API's own errors extend :mod:`common.errors`'s tree::
     SrclusterError
     +-- InputError
     |   +-- Unauthorized        no token, or not one we know (401)
+    |   |   +-- TokenMissing    no token at all (401; krau mode 422)
+    |   +-- MissingImage        neither file nor url (422; krau mode 400)
     |   +-- NotFound            no such job, or another token's (404)
     |   +-- NotReady            the job has no result yet (409)
     |   +-- Gone                the job's result was deleted or expired (410)
@@ -12,11 +14,14 @@ The API's own errors extend :mod:`common.errors`'s tree::
 
 werkzeug's HTTP exceptions (unknown route, wrong method, body over
 ``MAX_CONTENT_LENGTH``) get the same shape; anything unexpected is logged and
-answered ``500 internal`` without its details.
+answered ``500 internal`` without its details. :func:`register` may be given
+other statuses for some error classes (``api.compat``'s krau mode); codes,
+messages and details stay as they are.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import redis
@@ -24,7 +29,7 @@ from flask import Flask, Response, current_app, jsonify
 from werkzeug.exceptions import HTTPException
 
 from common.cluster.blobs import BlobUnavailable
-from common.errors import InputError, SrclusterError
+from common.errors import BadParameter, InputError, SrclusterError
 
 
 class Unauthorized(InputError):
@@ -32,6 +37,14 @@ class Unauthorized(InputError):
 
     code = "unauthorized"
     http_status = 401
+
+
+class TokenMissing(Unauthorized):
+    """The request carries no token at all (neither header)."""
+
+
+class MissingImage(BadParameter):
+    """``POST /sr`` has neither a ``file`` nor a ``url``."""
 
 
 class NotFound(InputError):
@@ -82,8 +95,12 @@ def error_response(
     return response
 
 
-def _from_srcluster(error: SrclusterError) -> Response:
-    return error_response(error.http_status, error.code, error.message, error.detail)
+def _status(error: SrclusterError, statuses: Mapping[type[SrclusterError], int]) -> int:
+    """``error``'s status: that of its nearest class in ``statuses``, else its own."""
+    for kind in type(error).__mro__:
+        if kind in statuses:
+            return statuses[kind]
+    return error.http_status
 
 
 def _from_http(error: HTTPException) -> Response:
@@ -102,25 +119,30 @@ def _from_http(error: HTTPException) -> Response:
     return response
 
 
-def _from_redis(error: redis.RedisError) -> Response:
-    current_app.logger.warning("redis error: %s", error)
-    return _from_srcluster(Unavailable("the job store (Redis) does not answer; try again later"))
-
-
-def _from_blobs(error: BlobUnavailable) -> Response:
-    current_app.logger.warning("blob store error: %s", error)
-    return _from_srcluster(Unavailable("the blob store does not answer; try again later"))
-
-
 def _from_anything(error: Exception) -> Response:
     current_app.logger.exception("unexpected error", exc_info=error)
     return error_response(500, "internal", "internal error; the server log has the details")
 
 
-def register(app: Flask) -> None:
-    """Make every error of ``app`` a JSON reply."""
-    app.register_error_handler(SrclusterError, _from_srcluster)
+def register(app: Flask, statuses: Mapping[type[SrclusterError], int] | None = None) -> None:
+    """Make every error of ``app`` a JSON reply; ``statuses`` overrides the HTTP status of
+    some error classes (and their subclasses)."""
+    overrides = dict(statuses or {})
+
+    def from_srcluster(error: SrclusterError) -> Response:
+        status = _status(error, overrides)
+        return error_response(status, error.code, error.message, error.detail)
+
+    def from_redis(error: redis.RedisError) -> Response:
+        current_app.logger.warning("redis error: %s", error)
+        return from_srcluster(Unavailable("the job store (Redis) does not answer; try again later"))
+
+    def from_blobs(error: BlobUnavailable) -> Response:
+        current_app.logger.warning("blob store error: %s", error)
+        return from_srcluster(Unavailable("the blob store does not answer; try again later"))
+
+    app.register_error_handler(SrclusterError, from_srcluster)
     app.register_error_handler(HTTPException, _from_http)
-    app.register_error_handler(redis.RedisError, _from_redis)
-    app.register_error_handler(BlobUnavailable, _from_blobs)
+    app.register_error_handler(redis.RedisError, from_redis)
+    app.register_error_handler(BlobUnavailable, from_blobs)
     app.register_error_handler(Exception, _from_anything)

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
 from typing import Any, cast
 
 from flask import Blueprint, Response, current_app, g, jsonify, redirect, request
 
-from api import openapi, waiting
+from api import compat, openapi, waiting
 from api.auth import authenticate, token_of, token_required
-from api.errors import Gone, NotFound, NotReady, Unavailable
+from api.errors import Gone, MissingImage, NotFound, NotReady, Unavailable
 from api.fetch import fetch
 from api.services import Services
 from common.cluster import callbacks, jobs
@@ -20,7 +21,7 @@ from common.errors import BadParameter, UnknownField, UnsupportedImage
 from common.estimate import refuse_too_long
 from common.imageio import extension
 from common.models import DEFAULT_MODEL
-from common.params import parse_params
+from common.params import ResizeTo, parse_params
 
 bp = Blueprint("srcluster", __name__)
 
@@ -147,7 +148,7 @@ def _upload() -> bytes:
     """The image bytes of ``POST /sr``: the ``file`` upload or what ``url`` points to.
 
     Raises:
-        BadParameter: both or neither given.
+        BadParameter: both given (:class:`MissingImage`: neither).
         UnsupportedImage: an empty file.
         ImageTooLarge: over ``max_bytes``.
     """
@@ -162,7 +163,7 @@ def _upload() -> bytes:
     if upload is not None and url:
         raise BadParameter("give either file or url, not both", parameter="file")
     if upload is None and not url:
-        raise BadParameter(
+        raise MissingImage(
             "give the image as a multipart file field 'file' or as 'url'", parameter="file"
         )
     if upload is None:
@@ -177,10 +178,16 @@ def _upload() -> bytes:
 def submit() -> Response:
     svc = services()
     form = request.form
+    krau = compat.enabled(svc.settings)
     _check_fields()
+    fields = {name: form.get(name) for name in PARAM_FIELDS}
+    krau_resize = None
+    if krau:
+        krau_resize = compat.parse_resize_to(fields.pop("resize_to"))
+        fields["format"] = fields["format"] or compat.DEFAULT_FORMAT
     params = parse_params(
-        model=form.get("model", "").strip() or DEFAULT_MODEL,
-        **{name: form.get(name) for name in PARAM_FIELDS},
+        model=form.get("model", "").strip() or (compat.DEFAULT_MODEL if krau else DEFAULT_MODEL),
+        **fields,
     )
     timeout = _timeout(form.get("timeout"))
     wait = waiting.requested_wait(request.headers)
@@ -192,6 +199,14 @@ def submit() -> Response:
         data, params, svc.settings, svc.registry, workers=capacity.slots, limits=capacity.limits
     )
     del data
+    params = dataclasses.replace(params, model=prepared.plan.model)  # an alias's own name
+    if krau_resize is not None:
+        plan = prepared.plan
+        size = compat.final_size(
+            krau_resize, plan.width, plan.height, params.scale, plan.model_scale
+        )
+        prepared = dataclasses.replace(prepared, plan=compat.resized(plan, size, svc.settings))
+        params = dataclasses.replace(params, resize_to=ResizeTo(width=size[0], height=size[1]))
     estimate = jobs.estimate_job(svc.store, svc.registry, prepared.plan, capacity.slots)
     if svc.settings.estimate_check:
         refuse_too_long(estimate, timeout, svc.settings.max_timeout)
@@ -212,13 +227,13 @@ def submit() -> Response:
         svc.store.fail(prepared.job_id, "queue_error", "the job could not be queued")
         raise Unavailable("the task queue does not answer; try again later") from exc
     body: dict[str, Any] = {"task_id": prepared.job_id, "message": "Success"}
-    status = 202
+    status = 200 if krau else 202
     applied = _hold(prepared.job_id, wait)
     if applied is not None:
         record = svc.store.get(prepared.job_id)
         if record is not None:
-            body["result"] = record.public()
-            status = 200 if record.status.finished else 202
+            body["result"] = _public(record)
+            status = 200 if krau or record.status.finished else 202
     response = _waited(_json(body, status), applied)
     response.headers["Location"] = f"/result/{prepared.job_id}"
     return response
@@ -269,7 +284,20 @@ def result(job_id: str) -> Response:
         applied = _hold(job_id, wait)
         if applied is not None:
             record = services().store.get(job_id) or record
-    return _waited(_json({"result": record.public()}), applied)
+    return _waited(_json({"result": _public(record)}), applied)
+
+
+def _public(record: JobRecord) -> dict[str, Any]:
+    """The ``result`` object of a job, with krau's ``path`` in its compatibility mode."""
+    body = record.public()
+    if compat.enabled(services().settings) and record.status is JobStatus.SUCCESS:
+        body["path"] = f"output/{_file_name(record)}"  # krau's field; names the download
+    return body
+
+
+def _file_name(record: JobRecord) -> str:
+    fmt = record.output.get("format") or record.plan.get("format") or "png"
+    return f"{record.id}{extension(fmt)}"
 
 
 @bp.get("/result/<job_id>/download")
@@ -287,10 +315,9 @@ def download(job_id: str) -> Response:
     if found is None:
         raise Gone("the result was deleted or has expired", status=record.status.value)
     size, chunks = found
-    fmt = record.output.get("format") or record.plan.get("format") or "png"
     response = Response(chunks, mimetype=record.output.get("content_type", "image/png"))
     response.content_length = size
-    response.headers["Content-Disposition"] = f'attachment; filename="{job_id}{extension(fmt)}"'
+    response.headers["Content-Disposition"] = f'attachment; filename="{_file_name(record)}"'
     return response
 
 

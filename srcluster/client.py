@@ -23,12 +23,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 FINAL_STATUSES = frozenset({"success", "failed", "cancelled"})
 """Statuses after which a job changes no more."""
 
 MAX_WAIT = 60
 """The longest ``Prefer: wait`` the service applies, in seconds."""
+
+SAFE_METHODS = frozenset({"GET", "HEAD"})
+"""Requests the client repeats when a connection drops before any answer (reads only)."""
 
 
 class ServiceError(Exception):
@@ -88,6 +93,13 @@ class Client:
         self.timeout = timeout
         self.session = requests.Session()
         self.session.headers["X-Token"] = token
+        # A kept-alive connection the server closed just as it was reused fails with no
+        # answer; reading is safe to repeat, a submit is not (it could queue a job twice).
+        retry = Retry(
+            total=3, connect=3, read=2, status=0, backoff_factor=0.05, allowed_methods=SAFE_METHODS
+        )
+        self.session.mount("http://", HTTPAdapter(max_retries=retry))
+        self.session.mount("https://", HTTPAdapter(max_retries=retry))
 
     def __enter__(self) -> Client:
         return self

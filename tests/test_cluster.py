@@ -96,7 +96,7 @@ def test_upload_is_pixel_identical_to_local_pipeline(blob_cluster: Cluster, phot
         keys = [k.decode() for k in store.redis.scan_iter(match=store.key(job_id, "*"))]
         assert not [k for k in keys if ":in:" in k or ":out:" in k or k.endswith(":result")]
         assert store.blobs is not None and store.blobs.names(job_id) == ["result"]
-        assert store.result(job_id) == reply.content
+        assert store.result(job_id) == reply.data
         store.close()
 
 
