@@ -90,6 +90,29 @@ def test_racing_transitions_have_one_winner(store: JobStore) -> None:
     assert wins.count(True) == 1
 
 
+def test_racing_stitches_end_the_job_once_and_keep_its_result(store: JobStore) -> None:
+    """Two stitches of one job at once (a janitor re-sent it while the first still ran): one
+    ends the job, once, and the result the winner stored survives the loser."""
+
+    def stitch(job_id: str, start: threading.Barrier, wins: list[bool]) -> None:
+        start.wait()
+        wins.append(store.succeed(job_id, b"image", {"size": 5}))
+
+    for _ in range(20):
+        job_id = new_job(store)
+        start = threading.Barrier(4)
+        wins: list[bool] = []
+        threads = [threading.Thread(target=stitch, args=(job_id, start, wins)) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        record = store.get(job_id)
+        assert wins.count(True) == 1
+        assert record is not None and record.status is JobStatus.SUCCESS and record.stitches == 1
+        assert store.result(job_id) == b"image"
+
+
 def test_overdue_jobs_are_reaped_with_a_reason(store: JobStore) -> None:
     # a deadline a minute away and a clock two minutes on: the session workers' own
     # janitors (same Redis) cannot race this test for the job

@@ -7,7 +7,8 @@ script touches only the keys passed in ``KEYS`` (see the store's key layout).
 
 # KEYS[1] job hash, KEYS[2] active set, KEYS[3] stats hash; ARGV[1] new status, ARGV[2..]
 # allowed current statuses. Sets the extra fields given after a "--" marker and counts the
-# job as having entered the new status. Returns 1 if changed, 0 otherwise.
+# job as having entered the new status; a success counts as one stitch in the same step, so
+# no reader sees a succeeded job with no stitch. Returns 1 if changed, 0 otherwise.
 TRANSITION = """
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current then return 0 end
@@ -20,6 +21,7 @@ end
 if not allowed then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1])
 redis.call('HINCRBY', KEYS[3], 'jobs:' .. ARGV[1], 1)
+if ARGV[1] == 'success' then redis.call('HINCRBY', KEYS[1], 'stitches', 1) end
 i = i + 1
 while ARGV[i] do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])

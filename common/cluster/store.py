@@ -356,13 +356,13 @@ class JobStore:
             seconds = max(0.0, now - float(created))
             kind = stats.JOB_SECONDS
             pipe = self.redis.pipeline(transaction=False)
-            pipe.hincrby(self.key(job_id), "stitches", 1)
             pipe.hincrby(STATS, stats.bucket_field(kind, model, seconds, stats.JOB_BUCKETS), 1)
             pipe.hincrbyfloat(STATS, stats.sum_field(kind, model), seconds)
             pipe.execute()
             self.drop_tiles(job_id)
-        else:
+        elif self.status(job_id) is not JobStatus.SUCCESS:
             # cancelled between the check and the transition: the result must not outlive it
+            # (a stitch that lost to another stitch leaves the winner's result, the same bytes)
             self.redis.delete(self.key(job_id, "result"))
         return changed
 
