@@ -1,0 +1,228 @@
+"""One photo on 1 host of 1 core, on 2 hosts of 1 core, and on 2 hosts over a slow link, in one run.
+
+    sudo .venv/bin/python bench/scaleout.py [--size 1280x720] [--rounds 3] [--format jpeg]
+
+Needs root: the hosts are Linux network namespaces (``tests/hosts.py``), each
+worker pinned to its own core, Redis (AOF on, as shipped) and the API in this
+namespace. Three clusters share the one Redis, each in its own database so each
+plans for its own workers: ``1 host`` (one worker, core 0), ``2 hosts`` (cores 0
+and 1) and ``2 hosts, slow link``: two more hosts whose links are limited to
+1 Gbit (``tc ... tbf``) and whose Redis traffic passes a proxy that delays every
+chunk by ``--delay-ms`` each way (``bench/delayproxy.py``; the kernel here has no
+``netem``). Every cluster runs the same photo (default model, automatic tiles)
+once to warm up, then the rounds interleave the clusters so drifting machine
+load hits all three alike.
+
+Prints the medians, each phase of the job (upload and planning in the API,
+queueing, the tiles from first started to last landed, the stitch, the
+download), the plans, the measured round trips, and the ratios: the speed-up of
+2 hosts over 1 (goal >= 1.8) and the cost of the slow link (goal <= 10 %). On a
+machine with 2 cores, 2 hosts use both, so Redis, the API and this process
+share them with the workers; the load average is printed before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.local_pipeline import photo_like  # noqa: E402
+from common.cluster.embedded import EmbeddedRedis, free_port  # noqa: E402
+from common.cluster.store import JobStore  # noqa: E402
+from common.imageio import encode  # noqa: E402
+from common.models import Registry  # noqa: E402
+from common.settings import Settings  # noqa: E402
+from srcluster.client import Client  # noqa: E402
+from tests.cluster import ApiServer, WorkerProcess, child_env  # noqa: E402
+from tests.hosts import Host, Network, unavailable  # noqa: E402
+
+TOKEN = "bench-token-0123456789abcdef"
+PHASES = ("api", "queue", "tiles", "stitch", "download")
+
+
+@dataclasses.dataclass
+class Cluster:
+    name: str
+    api: ApiServer
+    store: JobStore
+    hosts: list[Host]
+    times: list[float] = dataclasses.field(default_factory=list)
+    phases: list[dict[str, float]] = dataclasses.field(default_factory=list)
+    plan: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def one_job(cluster: Cluster, data: bytes, model: str) -> tuple[float, dict[str, float]]:
+    """Seconds from upload to downloaded result, and the job's phases (polling every 20 ms)."""
+    client = Client(cluster.api.url, TOKEN, timeout=300)
+    began = time.time()
+    job = client.submit(data, filename="photo", model=model)
+    body = client.wait(job, timeout=900, interval=0.02)
+    if body["status"] != "success":
+        raise RuntimeError(f"{cluster.name}: {body}")
+    client.download(job)
+    ended = time.time()
+    client.close()
+    record = cluster.store.get(job)
+    assert record is not None and record.started is not None and record.finished is not None
+    landed = record.landed or record.finished  # a job of one group is stitched where it ran
+    cluster.plan = dict(record.plan, parts=record.parts, groups=record.groups)
+    return ended - began, {
+        "api": record.created - began,
+        "queue": record.started - record.created,
+        "tiles": landed - record.started,
+        "stitch": record.finished - landed,
+        "download": ended - record.finished,
+    }
+
+
+def round_trip(host: Host, url: str) -> str:
+    """PING round trip and SET+GET throughput from ``host`` to the Redis at ``url``."""
+    probe = (
+        "import redis, sys, time\n"
+        "r = redis.Redis.from_url(sys.argv[1]); r.ping(); t = time.perf_counter()\n"
+        "for _ in range(200): r.ping()\n"
+        "rtt = (time.perf_counter() - t) / 200; blob = b'x' * (16 << 20); t = time.perf_counter()\n"
+        "r.set('bench:probe', blob); r.get('bench:probe'); r.delete('bench:probe')\n"
+        "print(f'{rtt * 1e3:.2f} ms round trip, {2 * len(blob) * 8 / (time.perf_counter() - t) / 1e9:.2f} Gbit/s')\n"
+    )
+    out = subprocess.run(
+        [*host.prefix(), sys.executable, "-c", probe, url],
+        env=child_env(Settings()),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout.strip()
+
+
+def load() -> str:
+    return "load average " + " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="realesr-animevideov3")
+    parser.add_argument("--size", default="1280x720")
+    parser.add_argument("--format", default="jpeg", help="the photo's format (and the result's)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--delay-ms", type=float, default=1.0, help="slow link: added each way")
+    parser.add_argument("--rate", default="1gbit", help="slow link: tbf rate")
+    args = parser.parse_args()
+    reason = unavailable()
+    if reason is not None:
+        sys.exit(f"bench/scaleout.py needs namespace hosts: {reason}")
+    width, height = (int(v) for v in args.size.split("x"))
+    folder = Path(tempfile.mkdtemp(prefix="srcluster-scaleout-"))
+    base = Settings.from_env(tokens=f"bench:{TOKEN}", data_dir=folder / "data")
+    Registry(base).onnx_path(args.model)
+    data = encode(photo_like(width, height), args.format)
+    print(f"before: {load()}", flush=True)
+
+    started: list[WorkerProcess] = []
+    apis: list[ApiServer] = []
+    proxy: subprocess.Popen[str] | None = None
+    with Network() as net:
+        try:
+            # the clusters take turns, so they share hosts (and cores) but for the slow ones
+            first, second, slow_a, slow_b = (net.add_host() for _ in range(4))
+            for host in (slow_a, slow_b):
+                host.shape(rate=args.rate)
+            with EmbeddedRedis(folder / "redis", bind=("127.0.0.1", net.address)) as server:
+                proxy_port = free_port()
+                proxy = subprocess.Popen(
+                    [sys.executable, str(ROOT / "bench" / "delayproxy.py"),
+                     f"{net.address}:{proxy_port}", f"127.0.0.1:{server.port}",
+                     "--delay-ms", str(args.delay_ms)],
+                    stdout=subprocess.PIPE, text=True,
+                )  # fmt: skip
+                assert proxy.stdout is not None and proxy.stdout.readline().strip() == "ready"
+                layouts = [
+                    ("1 host", [first], server.url_at(net.address, 1)),
+                    ("2 hosts", [first, second], server.url_at(net.address, 2)),
+                    (
+                        "2 hosts, slow link",
+                        [slow_a, slow_b],
+                        f"redis://{net.address}:{proxy_port}/3",
+                    ),
+                ]
+                clusters = []
+                for db, (name, hosts, worker_url) in enumerate(layouts, start=1):
+                    settings = dataclasses.replace(base, redis_url=server.url_at("127.0.0.1", db))
+                    api = ApiServer(settings, folder, workers=1).wait_ready()
+                    apis.append(api)
+                    on_hosts = dataclasses.replace(settings, redis_url=worker_url)
+                    for host in hosts:
+                        worker = WorkerProcess(
+                            on_hosts, f"db{db}-h{host.index}", folder, prefix=host.prefix()
+                        )
+                        started.append(worker.wait_ready())
+                    store = JobStore.from_url(settings.redis_url, 60)
+                    clusters.append(Cluster(name, api, store, hosts))
+                print("links from a host to Redis:")
+                print(f"  direct:    {round_trip(first, server.url_at(net.address))}")
+                print(f"  slow link: {round_trip(slow_a, f'redis://{net.address}:{proxy_port}/0')}")
+                for cluster in clusters:  # warm: engine sessions built, shapes seen
+                    one_job(cluster, data, args.model)
+                for _ in range(args.rounds):
+                    for cluster in clusters:
+                        seconds, phases = one_job(cluster, data, args.model)
+                        cluster.times.append(seconds)
+                        cluster.phases.append(phases)
+                        print(f"  {cluster.name:20} {seconds:7.2f} s", flush=True)
+                report(clusters, args, width, height, len(data))
+        finally:
+            for worker in started:
+                worker.stop()
+            for api in apis:
+                api.stop()
+            if proxy is not None:
+                proxy.kill()
+                proxy.wait()
+    print(f"after: {load()}")
+
+
+def report(
+    clusters: list[Cluster], args: argparse.Namespace, width: int, height: int, size: int
+) -> None:
+    cores = len(os.sched_getaffinity(0))
+    print(
+        f"\n{args.model}, {width}x{height} {args.format} ({size // 1024} KiB), {args.rounds} rounds, "
+        f"{cores} cores here; slow link: {args.rate} tbf + {args.delay_ms:g} ms each way"
+    )
+    print(
+        f"  {'':20} {'median':>8} {'best':>8}  "
+        + "  ".join(f"{p:>8}" for p in PHASES)
+        + "   (phases: medians)   plan"
+    )
+    medians, best = {}, {}
+    for c in clusters:
+        medians[c.name], best[c.name] = statistics.median(c.times), min(c.times)
+        phases = {p: statistics.median(ph[p] for ph in c.phases) for p in PHASES}
+        plan = c.plan
+        print(
+            f"  {c.name:20} {medians[c.name]:7.2f}s {best[c.name]:7.2f}s  "
+            + "  ".join(f"{phases[p]:7.2f}s" for p in PHASES)
+            + f"   tile {plan['tile']} pad {plan['pad']}: {plan['parts']} parts in {plan['groups']} tasks"
+        )
+    for name, of in (("medians", medians), ("best runs", best)):
+        speedup = of["1 host"] / of["2 hosts"]
+        cost = of["2 hosts, slow link"] / of["2 hosts"] - 1
+        print(
+            f"{name:>9}: speed-up of 2 hosts over 1 {speedup:.2f}x (goal >= 1.8); "
+            f"slow link costs {cost * 100:+.1f} % (goal <= 10 %)"
+        )
+
+
+if __name__ == "__main__":
+    main()
