@@ -178,15 +178,23 @@ def test_one_image_runs_on_both_hosts(
 def test_host_added_while_a_job_is_queued_takes_tiles_of_it(
     network, hosts_api, host_settings, root_settings, store, workers, tmp_path
 ) -> None:
+    """A job planned and queued for host 1 alone is shared with a host that joins after.
+
+    Host 1 is held (frozen) from its first tile until the new host has taken one, so
+    the queue cannot drain before the new host is up, however slow its start."""
     a = network.hosts[0]
     on_a = start(a, host_settings, workers, tmp_path)
-    data = image(1024, 768, seed=1)
+    data = image(768, 512, seed=1)
     job_id = submit(hosts_api, data)
     wait_for(lambda: running_on(store, job_id, on_a) is not None, 60, "host 1 to start the job")
-    late = network.add_host()
-    on_late = start(late, host_settings, workers, tmp_path)
+    a.freeze()
+    try:
+        on_late = start(network.add_host(), host_settings, workers, tmp_path)
+        wait_for(lambda: running_on(store, job_id, on_late) is not None, 60, "the new host's tile")
+    finally:
+        a.thaw()
     assert_local_pipeline_output(hosts_api, store, job_id, data, root_settings)
-    assert on_late.hostname in store.workers_of(job_id).values()
+    assert set(store.workers_of(job_id).values()) == {on_a.hostname, on_late.hostname}
 
 
 def ended(worker: WorkerProcess, job_id: str, group: int) -> bool:
