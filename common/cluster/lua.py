@@ -38,8 +38,9 @@ return 1
 # ARGV: runner, ttl, now, max deliveries, n, then (part, first byte, last byte) per part.
 # Counts a delivery of every part and notes who runs it; marks the job processing (and
 # counts it as having entered processing);
-# returns {status, deadline, most deliveries, that part, window bytes...}; the
-# windows only when the job is unfinished, in time and no part is over its deliveries.
+# returns {status, deadline, most deliveries, that part, parts of the job ever started,
+# window bytes...}; the windows only when the job is unfinished, in time and no part is
+# over its deliveries.
 BEGIN_GROUP = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= 'pending' and status ~= 'processing' then return {status or '', '0', 0, -1} end
@@ -56,14 +57,14 @@ for i = 1, n do
 end
 redis.call('EXPIRE', KEYS[2], ttl)
 redis.call('EXPIRE', KEYS[3], ttl)
-local reply = {status, deadline, most, worst}
+local reply = {status, deadline, most, worst, redis.call('HLEN', KEYS[2])}
 if most > tonumber(ARGV[4]) then return reply end
 if status == 'pending' then
   redis.call('HSET', KEYS[1], 'status', 'processing', 'started', ARGV[3])
   redis.call('HINCRBY', KEYS[4], 'jobs:processing', 1)
 end
 for i = 1, n do
-  reply[4 + i] = redis.call('GETRANGE', KEYS[4 + i], ARGV[5 + 3 * i - 1], ARGV[5 + 3 * i])
+  reply[5 + i] = redis.call('GETRANGE', KEYS[4 + i], ARGV[5 + 3 * i - 1], ARGV[5 + 3 * i])
 end
 return reply
 """

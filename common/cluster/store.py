@@ -103,6 +103,9 @@ class GroupStart:
     """The most deliveries of any part of the group, this one included."""
     worst_part: int
     windows: list[bytes] | None
+    started_parts: int = 0
+    """Parts of the job started at least once so far, this group's included (0 when the job
+    had ended or was past its deadline)."""
 
 
 def token_hash(token: str) -> str:
@@ -418,8 +421,9 @@ class JobStore:
             args += [r.part, r.first, r.last]
         reply = self._begin_group(keys=keys, args=args)
         status = JobStatus(reply[0].decode()) if reply[0] else None
-        windows = [bytes(w) for w in reply[4:]] if len(reply) > 4 else None
-        return GroupStart(status, float(reply[1]), int(reply[2]), int(reply[3]), windows)
+        windows = [bytes(w) for w in reply[5:]] if len(reply) > 5 else None
+        started = int(reply[4]) if len(reply) > 4 else 0
+        return GroupStart(status, float(reply[1]), int(reply[2]), int(reply[3]), windows, started)
 
     def record_outputs(
         self,
@@ -457,6 +461,10 @@ class JobStore:
         args += [repr(float(s)) for s in seconds]
         done, landed = self._record_outputs(keys=keys, args=args)
         return int(done), bool(landed)
+
+    def done_parts(self, job_id: str) -> set[int]:
+        """The parts of the job whose output has landed."""
+        return {int(v) for v in self.redis.smembers(self.key(job_id, "done"))}
 
     def read_outputs(self, job_id: str, parts: Iterable[int]) -> list[bytes | None]:
         """The output cores of ``parts`` (npy bytes; ``None`` for one missing), in one round trip."""
