@@ -7,8 +7,8 @@ address, and nothing else is routed: a host reaches the cluster address and
 nothing beyond it, and traffic never leaves the machine. Cutting a host's
 network is setting its link down (:meth:`Host.cut`); the other links keep the
 cluster address, so the other hosts carry on. :meth:`Host.freeze` stops every
-process on a host instead (a host that hangs, then comes back late). :meth:`Host.shape` puts a ``tbf``
-rate limit on both directions of a link.
+process on a host instead (a host that hangs, then comes back late), and
+:meth:`Host.shape` puts a ``tbf`` rate limit on both directions of a link.
 
 Addresses come from a /24 of 10.0.0.0/8 picked at random per :class:`Network`
 and checked unused on this machine; names carry a random suffix, so runs in
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import itertools
 import os
 import random
 import secrets
@@ -98,19 +99,10 @@ class Host:
         _no_ipv6(self.namespace, self.inside)
         _ip("addr", "add", f"{cluster}/32", "peer", f"{self.address}/32", "dev", self.outside)
         _ip("link", "set", self.outside, "up")
-        inside = ("-n", self.namespace)
-        _ip(
-            *inside,
-            "addr",
-            "add",
-            f"{self.address}/32",
-            "peer",
-            f"{cluster}/32",
-            "dev",
-            self.inside,
-        )
-        _ip(*inside, "link", "set", self.inside, "up")
-        _ip(*inside, "link", "set", "lo", "up")
+        ns = ("-n", self.namespace)
+        _ip(*ns, "addr", "add", f"{self.address}/32", "peer", f"{cluster}/32", "dev", self.inside)
+        _ip(*ns, "link", "set", self.inside, "up")
+        _ip(*ns, "link", "set", "lo", "up")
         return self
 
     def prefix(self) -> list[str]:
@@ -161,7 +153,8 @@ class Host:
 
 
 class Network:
-    """A private /24 for one test run: the cluster address is ``.1``, hosts ``.2`` onwards.
+    """A private /24 for one test run: the cluster address is ``.1``, hosts ``.2`` onwards
+    (never reused within the run, up to 253 of them).
 
     Where this process may use two cores or more, host ``i`` is pinned to the
     ``i``-th of them (one core per host; a host beyond the core count shares,
@@ -181,10 +174,11 @@ class Network:
         self.cores = sorted(os.sched_getaffinity(0))
         self.pin = len(self.cores) >= 2
         self.hosts: list[Host] = []
+        self._numbers = itertools.count(1)
 
     def add_host(self) -> Host:
         """A new host with the next address (and the next core, when pinning)."""
-        index = len(self.hosts) + 1
+        index = next(self._numbers)
         core = self.cores[(index - 1) % len(self.cores)] if self.pin else None
         return Host(self, index, core).create()
 

@@ -71,7 +71,7 @@ def root_settings(cluster_settings: Settings, hosts_redis: EmbeddedRedis) -> Set
 def host_settings(
     root_settings: Settings, hosts_redis: EmbeddedRedis, network: Network
 ) -> Settings:
-    """What a host's worker uses: Redis at the cluster address; threads follow its one core."""
+    """What a host's worker uses: Redis at the cluster address (one engine thread, as here)."""
     return dataclasses.replace(root_settings, redis_url=hosts_redis.url_at(network.address))
 
 
@@ -98,7 +98,8 @@ def workers(network: Network) -> Iterator[list[WorkerProcess]]:
     known = list(network.hosts)
     yield started
     for host in network.hosts:
-        host.restore()  # a worker cut off could not shut down warm
+        host.thaw()  # a worker frozen or cut off could not shut down warm
+        host.restore()
     for worker in started:
         worker.stop()
     for host in [h for h in network.hosts if h not in known]:
@@ -106,11 +107,9 @@ def workers(network: Network) -> Iterator[list[WorkerProcess]]:
 
 
 def start(host: Host, settings: Settings, started: list[WorkerProcess], tmp: Path) -> WorkerProcess:
-    worker = WorkerProcess(
-        settings, f"host{host.index}-{len(started)}", tmp, prefix=host.prefix()
-    ).wait_ready()
-    started.append(worker)
-    return worker
+    worker = WorkerProcess(settings, f"host{host.index}-{len(started)}", tmp, prefix=host.prefix())
+    started.append(worker)  # stopped at the end even if it never comes up
+    return worker.wait_ready()
 
 
 def image(width: int, height: int, seed: int) -> bytes:
