@@ -74,6 +74,17 @@ def test_a_job_lives_and_ends_once(store: JobStore) -> None:
     assert store.read_strip(job_id, 0, 1) is None, "tiles are dropped once the job ends"
 
 
+def test_outputs_are_recorded_after_redis_forgot_its_scripts(store: JobStore) -> None:
+    """A Redis restart empties its script cache: recording outputs loads the script again."""
+    job_id = new_job(store)
+    store.redis.script_flush()
+    assert store.record_outputs(job_id, [(0, b"a"), (1, b"b")], "w", model="m", seconds=[1, 1]) == (
+        2,
+        False,
+    )
+    assert store.read_outputs(job_id, [0, 1]) == [b"a", b"b"]
+
+
 def test_racing_transitions_have_one_winner(store: JobStore) -> None:
     job_id = new_job(store)
     wins = []
