@@ -19,8 +19,11 @@ download), the plans, the measured round trips, and the ratios: the speed-up of
 2 hosts over 1 (goal >= 1.8) and the cost of the slow link (goal <= 10 %). On a
 machine with 2 cores, 2 hosts use both, so Redis, the API and this process
 share them with the workers; the load average is printed before and after, and
-each job's share of other processes' CPU: the ratios are also given over the
-"quiet" jobs alone, those during which everything else used under 0.15 cores.
+each job's share of other processes' CPU. The ratios come four ways: the
+median of each round's own ratios (the three jobs of a round run seconds apart,
+so a drift of the machine's speed hits them alike: the figure to read), of the
+medians, of the best runs, and of the "quiet" jobs, those during which
+everything else used under 0.15 cores.
 """
 
 from __future__ import annotations
@@ -266,13 +269,28 @@ def report(
         f"  (quiet: the median of the N runs during which other processes used under {QUIET} "
         "cores; phases: medians of all runs)"
     )
-    for name, of in (("medians", medians), ("best runs", best), ("quiet runs", quiet)):
+    one, two, slow = (c.times for c in clusters)
+    rounds = {  # the clusters of a round ran seconds apart, on the machine as it was then
+        "1 host": statistics.median(a / b for a, b in zip(one, two, strict=True)),
+        "2 hosts": 1.0,
+        "2 hosts, slow link": statistics.median(a / b for a, b in zip(slow, two, strict=True)),
+    }
+    for name, of in (
+        ("per round", rounds),
+        ("medians", medians),
+        ("best runs", best),
+        ("quiet runs", quiet),
+    ):
         speedup = of["1 host"] / of["2 hosts"]
         cost = of["2 hosts, slow link"] / of["2 hosts"] - 1
         print(
             f"{name:>10}: speed-up of 2 hosts over 1 {speedup:.2f}x (goal >= 1.8); "
             f"slow link costs {cost * 100:+.1f} % (goal <= 10 %)"
         )
+    print(
+        "  (per round: the median over rounds of each round's own ratios; this machine's speed "
+        "drifted by up to 1.8x between minutes with nothing else visible on it)"
+    )
 
 
 if __name__ == "__main__":
