@@ -26,8 +26,10 @@ from ``INFO stats``), and Redis's memory for the 4K job: before, at its peak
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import dataclasses
+import shutil
 import sys
 import tempfile
 import threading
@@ -142,6 +144,7 @@ def main() -> None:
     big_w, big_h = (int(v) for v in args.big.split("x"))
 
     folder = Path(tempfile.mkdtemp(prefix="srcluster-broker-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)  # its Redis files
     base = Settings.from_env(tokens=f"bench:{TOKEN}", data_dir=folder / "data", threads=1)
     Registry(base).add(STAND_IN, stand_in_model(folder / "stand-in.onnx"))
     small = encode(photo_like(small_w, small_h), "png")

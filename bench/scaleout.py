@@ -29,8 +29,10 @@ everything else used under 0.15 cores.
 from __future__ import annotations
 
 import argparse
+import atexit
 import dataclasses
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -167,6 +169,7 @@ def main() -> None:
         sys.exit(f"bench/scaleout.py needs namespace hosts: {reason}")
     width, height = (int(v) for v in args.size.split("x"))
     folder = Path(tempfile.mkdtemp(prefix="srcluster-scaleout-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)  # its Redis files
     base = Settings.from_env(tokens=f"bench:{TOKEN}", data_dir=folder / "data")
     Registry(base).onnx_path(args.model)
     data = encode(photo_like(width, height), args.format)
