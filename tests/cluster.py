@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -61,7 +61,12 @@ def child_env(settings: Settings) -> dict[str, str]:
 
 
 class WorkerProcess:
-    """``celery -A worker worker`` in its own process (and process group)."""
+    """``celery -A worker worker`` in its own process (and process group).
+
+    ``prefix`` runs the command line through a wrapper that ends by exec-ing it
+    (``ip netns exec <ns> taskset -c <core>``, see :mod:`tests.hosts`), so the
+    process started is still the worker itself.
+    """
 
     def __init__(
         self,
@@ -70,11 +75,12 @@ class WorkerProcess:
         log_dir: Path,
         concurrency: int = 1,
         queues: str | None = None,
+        prefix: Sequence[str] = (),
     ):
         self.settings = settings
         self.name = name
         self.log = log_dir / f"worker-{name}.log"
-        args = worker_command(f"{name}@test", concurrency, queues=queues, quiet=True)
+        args = [*prefix, *worker_command(f"{name}@test", concurrency, queues=queues, quiet=True)]
         with self.log.open("wb") as out:  # the child keeps its own descriptor
             self.process = subprocess.Popen(
                 args,

@@ -74,6 +74,17 @@ def test_a_job_lives_and_ends_once(store: JobStore) -> None:
     assert store.read_strip(job_id, 0, 1) is None, "tiles are dropped once the job ends"
 
 
+def test_outputs_are_recorded_after_redis_forgot_its_scripts(store: JobStore) -> None:
+    """A Redis restart empties its script cache: recording outputs loads the script again."""
+    job_id = new_job(store)
+    store.redis.script_flush()
+    assert store.record_outputs(job_id, [(0, b"a"), (1, b"b")], "w", model="m", seconds=[1, 1]) == (
+        2,
+        False,
+    )
+    assert store.read_outputs(job_id, [0, 1]) == [b"a", b"b"]
+
+
 def test_racing_transitions_have_one_winner(store: JobStore) -> None:
     job_id = new_job(store)
     wins = []
@@ -88,6 +99,29 @@ def test_racing_transitions_have_one_winner(store: JobStore) -> None:
     for t in threads:
         t.join()
     assert wins.count(True) == 1
+
+
+def test_racing_stitches_end_the_job_once_and_keep_its_result(store: JobStore) -> None:
+    """Two stitches of one job at once (a janitor re-sent it while the first still ran): one
+    ends the job, once, and the result the winner stored survives the loser."""
+
+    def stitch(job_id: str, start: threading.Barrier, wins: list[bool]) -> None:
+        start.wait()
+        wins.append(store.succeed(job_id, b"image", {"size": 5}))
+
+    for _ in range(20):
+        job_id = new_job(store)
+        start = threading.Barrier(4)
+        wins: list[bool] = []
+        threads = [threading.Thread(target=stitch, args=(job_id, start, wins)) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        record = store.get(job_id)
+        assert wins.count(True) == 1
+        assert record is not None and record.status is JobStatus.SUCCESS and record.stitches == 1
+        assert store.result(job_id) == b"image"
 
 
 def test_overdue_jobs_are_reaped_with_a_reason(store: JobStore) -> None:

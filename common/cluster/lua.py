@@ -7,7 +7,8 @@ script touches only the keys passed in ``KEYS`` (see the store's key layout).
 
 # KEYS[1] job hash, KEYS[2] active set, KEYS[3] stats hash, KEYS[4] callback outbox;
 # ARGV[1] new status, ARGV[2] now, ARGV[3..] allowed current statuses. Sets the extra fields
-# given after a "--" marker and counts the job as having entered the new status.
+# given after a "--" marker and counts the job as having entered the new status; a success
+# counts as one stitch in the same step, so no reader sees a succeeded job with no stitch.
 # Ending a job (a final status) also, in the same step: takes it off the active set, queues
 # its callback if it has one (so no process dying after this can lose it), and announces
 # the end on the job's channel (PUBLISH <job key>:ended) for requests waiting on it.
@@ -24,6 +25,7 @@ end
 if not allowed then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1])
 redis.call('HINCRBY', KEYS[3], 'jobs:' .. ARGV[1], 1)
+if ARGV[1] == 'success' then redis.call('HINCRBY', KEYS[1], 'stitches', 1) end
 i = i + 1
 while ARGV[i] do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
@@ -46,9 +48,9 @@ return 1
 # ARGV: runner, ttl, now, max deliveries, n, then (part, first byte, last byte) per part.
 # Counts a delivery of every part and notes who runs it; marks the job processing (and
 # counts it as having entered processing);
-# returns {status, deadline, most deliveries, that part}, followed by 1 and the window
-# bytes of each strip key only when the job is unfinished, in time and no part is over
-# its deliveries (the 1 says "go" when the windows are read elsewhere).
+# returns {status, deadline, most deliveries, that part, parts of the job ever started},
+# followed by 1 and the window bytes of each strip key only when the job is unfinished, in
+# time and no part is over its deliveries (the 1 says "go" when the windows are read elsewhere).
 BEGIN_GROUP = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= 'pending' and status ~= 'processing' then return {status or '', '0', 0, -1} end
@@ -65,15 +67,15 @@ for i = 1, n do
 end
 redis.call('EXPIRE', KEYS[2], ttl)
 redis.call('EXPIRE', KEYS[3], ttl)
-local reply = {status, deadline, most, worst}
+local reply = {status, deadline, most, worst, redis.call('HLEN', KEYS[2])}
 if most > tonumber(ARGV[4]) then return reply end
 if status == 'pending' then
   redis.call('HSET', KEYS[1], 'status', 'processing', 'started', ARGV[3])
   redis.call('HINCRBY', KEYS[4], 'jobs:processing', 1)
 end
-reply[5] = 1
+reply[6] = 1
 for i = 1, #KEYS - 4 do
-  reply[5 + i] = redis.call('GETRANGE', KEYS[4 + i], ARGV[5 + 3 * i - 1], ARGV[5 + 3 * i])
+  reply[6 + i] = redis.call('GETRANGE', KEYS[4 + i], ARGV[5 + 3 * i - 1], ARGV[5 + 3 * i])
 end
 return reply
 """

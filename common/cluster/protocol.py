@@ -55,7 +55,16 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     results: the job store records what happened, so nothing per task lingers
     in Redis.
     """
-    transport = {"visibility_timeout": settings.visibility_timeout}
+    visibility = settings.visibility_timeout
+    transport = {
+        "visibility_timeout": visibility,
+        # kombu's default sweep for messages held past the visibility timeout runs about
+        # every 100 s (every 10th check of one every 10 s), whatever the timeout: a tile held
+        # by a host that dropped off came back up to 100 s late. Sweep on every check, and
+        # check ten times per timeout (every 1-10 s): one cheap ZRANGE per worker per check.
+        "unacked_restore_throttle": 1,
+        "unacked_restore_interval": max(1, min(10, visibility // 10)),
+    }
     return {
         "task_serializer": "json",
         "result_serializer": "json",

@@ -61,6 +61,9 @@ class GroupStart:
     """The most deliveries of any part of the group, this one included."""
     worst_part: int
     windows: list[bytes] | None
+    started_parts: int = 0
+    """Parts of the job started at least once so far, this group's included (0 when the job
+    had ended or was past its deadline)."""
 
 
 def token_hash(token: str) -> str:

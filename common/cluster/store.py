@@ -360,16 +360,17 @@ class JobStore(WorkerRegistry):
             seconds = max(0.0, now - float(created))
             kind = stats.JOB_SECONDS
             pipe = self.redis.pipeline(transaction=False)
-            pipe.hincrby(self.key(job_id), "stitches", 1)
             pipe.hincrby(STATS, stats.bucket_field(kind, model, seconds, stats.JOB_BUCKETS), 1)
             pipe.hincrbyfloat(STATS, stats.sum_field(kind, model), seconds)
             pipe.execute()
             self.drop_tiles(job_id)
-        elif self.blobs is None:
+        elif self.status(job_id) is not JobStatus.SUCCESS:
             # cancelled between the check and the transition: the result must not outlive it
-            self.redis.delete(self.key(job_id, "result"))
-        else:
-            self.blobs.delete(job_id, [RESULT])
+            # (a stitch that lost to another stitch leaves the winner's result, the same bytes)
+            if self.blobs is None:
+                self.redis.delete(self.key(job_id, "result"))
+            else:
+                self.blobs.delete(job_id, [RESULT])
         return changed
 
     def drop_tiles(self, job_id: str) -> None:
@@ -432,13 +433,14 @@ class JobStore(WorkerRegistry):
             args += [r.part, r.first, r.last]
         reply = self._begin_group(keys=keys, args=args)
         status = JobStatus(reply[0].decode()) if reply[0] else None
+        started = int(reply[4]) if len(reply) > 4 else 0
         windows: list[bytes] | None = None
-        if len(reply) > 4 and self.blobs is None:
-            windows = [bytes(w) for w in reply[5:]]
-        elif len(reply) > 4 and self.blobs is not None:
+        if len(reply) > 5 and self.blobs is None:
+            windows = [bytes(w) for w in reply[6:]]
+        elif len(reply) > 5 and self.blobs is not None:
             ranges = [(strip_name(r.plane, r.column), r.first, r.last) for r in reads]
             windows = self.blobs.read_ranges(job_id, ranges)
-        return GroupStart(status, float(reply[1]), int(reply[2]), int(reply[3]), windows)
+        return GroupStart(status, float(reply[1]), int(reply[2]), int(reply[3]), windows, started)
 
     def record_outputs(
         self,
@@ -485,6 +487,10 @@ class JobStore(WorkerRegistry):
             # the job ended meanwhile: leave nothing behind
             self.blobs.delete(job_id, [name for name, _ in written])
         return int(done), bool(landed)
+
+    def done_parts(self, job_id: str) -> set[int]:
+        """The parts of the job whose output has landed."""
+        return {int(v) for v in self.redis.smembers(self.key(job_id, "done"))}
 
     def read_outputs(self, job_id: str, parts: Iterable[int]) -> list[bytes | None]:
         """The output cores of ``parts`` (raw bytes; ``None`` for one missing), in one round trip."""
