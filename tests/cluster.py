@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -14,7 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 
 from common.cluster.embedded import EmbeddedRedis, free_port
-from common.cluster.store import WORKERS
+from common.cluster.store import WORKERS, JobStore
 from common.settings import Settings
 from srcluster.commands import API_WORKERS, api_command, worker_command
 
@@ -168,3 +169,21 @@ class ApiServer:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+
+
+def new_job(store: JobStore, parts: int = 3, timeout: float = 60) -> str:
+    """Record a small pending job straight in ``store``: ``parts`` parts, strip ``c``
+    holding ``b"in<c>"``, an ICC extra; returns its id."""
+    job_id = uuid.uuid4().hex
+    store.create(
+        job_id,
+        owner="o",
+        owner_name="alice",
+        params={"model": "m"},
+        plan={},
+        parts=parts,
+        strips=[(0, c, b"in%d" % c) for c in range(parts)],
+        extras={"icc": b"profile"},
+        timeout=timeout,
+    )
+    return job_id

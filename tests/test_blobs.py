@@ -28,7 +28,7 @@ from common.models import Registry
 from common.params import parse_params
 from common.settings import Settings, check_blob_url
 from tests import s3
-from tests.cluster import with_db
+from tests.cluster import new_job, with_db
 
 COMPACT = "realesr-animevideov3"
 STORE_DB = 5
@@ -175,22 +175,6 @@ def test_blob_urls_are_checked_at_start() -> None:
 
 
 # --- the store with a blob store: the Lua scripts' guarantees, restated -----------------
-
-
-def new_job(store: JobStore, parts: int = 3) -> str:
-    job_id = job()
-    store.create(
-        job_id,
-        owner="o",
-        owner_name="alice",
-        params={"model": "m"},
-        plan={},
-        parts=parts,
-        strips=[(0, c, b"in%d" % c) for c in range(parts)],
-        extras={"icc": b"profile"},
-        timeout=60,
-    )
-    return job_id
 
 
 def redis_keys(store: JobStore, job_id: str) -> list[str]:

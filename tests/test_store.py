@@ -12,27 +12,12 @@ import redis
 
 from common.cluster import jobs
 from common.cluster.store import JobStatus, JobStore, pack_array, unpack_array
+from tests.cluster import new_job
 
 
 @pytest.fixture
 def store(redis_url: str) -> JobStore:
     return JobStore.from_url(redis_url, ttl=60)
-
-
-def new_job(store: JobStore, tasks: int = 3, timeout: float = 60) -> str:
-    job_id = uuid.uuid4().hex
-    store.create(
-        job_id,
-        owner="o",
-        owner_name="alice",
-        params={"model": "m"},
-        plan={},
-        parts=tasks,
-        strips=[(0, c, b"in") for c in range(tasks)],
-        extras={"icc": b"profile"},
-        timeout=timeout,
-    )
-    return job_id
 
 
 def test_arrays_round_trip_and_pickles_are_refused() -> None:
