@@ -6,11 +6,13 @@ submitted before the corpus and one after both still succeed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import http.client
 import http.server
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -198,3 +200,58 @@ def test_redirect_to_loopback_is_refused(
         assert reply.json["detail"]["parameter"] == "url"
     finally:
         app.extensions["srcluster"].close()
+
+
+# --- gunicorn's own refusals, over a raw socket ----------------------------------------
+
+RAW_REFUSALS = [
+    ("request line over the limit (a 5000-character job id)", b"GET /result/" + b"a" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "uri_too_long"),
+    ("a header over the limit (a long token)", b"GET / HTTP/1.1\r\nHost: x\r\nX-Token: " + b"t" * 9000 + b"\r\n\r\n", 431, "headers_too_large"),
+    ("too many headers", b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(150)) + b"\r\n", 431, "headers_too_large"),
+    ("a bad Content-Length", b"POST /sr HTTP/1.1\r\nHost: x\r\nContent-Length: 12x\r\n\r\n", 400, "bad_request"),
+    ("two Content-Lengths", b"POST /sr HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab", 400, "bad_request"),
+    ("a control byte in a header", b"GET / HTTP/1.1\r\nHost: x\r\nX-Token: a\x01b\r\n\r\n", 400, "bad_request"),
+    ("bare LF line ends", b"GET / HTTP/1.1\nHost: x\n\n", 400, "bad_request"),
+    ("HTTP/0.9", b"GET /\r\n\r\n", 400, "bad_request"),
+    ("HTTP/2.0 in a request line", b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", 400, "bad_request"),
+    ("a garbage request line", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 hello\r\n\r\n", 400, "bad_request"),
+    ("an Expect it cannot meet", b"POST /sr HTTP/1.1\r\nHost: x\r\nExpect: 200-ok\r\nContent-Length: 1\r\n\r\na", 417, "expectation_failed"),
+    ("a malformed chunked body", b"POST /sr HTTP/1.1\r\nHost: x\r\nX-Token: " + ALICE.encode() + b"\r\nContent-Type: multipart/form-data; boundary=x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n", 400, "bad_request"),
+]  # fmt: skip
+"""Requests gunicorn itself refuses (or that break while the app reads them), and the
+status and code each must get, in the service's JSON."""
+
+
+def raw_exchange(port: int, request: bytes, timeout: float = 30) -> bytes:
+    """Send ``request`` as bytes, return everything the server sends until it closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        with contextlib.suppress(ConnectionResetError):
+            sock.shutdown(socket.SHUT_WR)
+        reply = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                reply += chunk
+    return reply
+
+
+def parse_reply(reply: bytes) -> tuple[int, dict[str, str], bytes]:
+    head, _, body = reply.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+    return int(lines[0].split(" ")[1]), {k.lower(): v for k, v in headers.items()}, body
+
+
+@pytest.mark.parametrize(
+    "name,request_bytes,status,code", RAW_REFUSALS, ids=[r[0] for r in RAW_REFUSALS]
+)
+def test_gunicorn_refusal_is_our_json(
+    api: ApiServer, name: str, request_bytes: bytes, status: int, code: str
+) -> None:
+    got, headers, body = parse_reply(raw_exchange(api.port, request_bytes))
+    assert got == status, (name, got, body[:300])
+    assert headers["content-type"].split(";")[0] == "application/json", (name, headers)
+    payload = json.loads(body[: int(headers["content-length"])])
+    assert set(payload) == {"code", "message", "detail"}, payload
+    assert payload["code"] == code, payload
+    assert payload["message"].strip(), payload
