@@ -18,8 +18,8 @@ from common.cluster import callbacks, jobs
 from common.cluster.events import wait_until_ended
 from common.cluster.store import JobRecord, JobStatus
 from common.errors import BadParameter, UnknownField, UnsupportedImage
-from common.estimate import refuse_too_long
-from common.imageio import extension
+from common.estimate import refuse_too_long, refuse_unfit
+from common.imageio import FORMATS, extension
 from common.models import DEFAULT_MODEL
 from common.params import ResizeTo, parse_params
 
@@ -198,6 +198,7 @@ def submit() -> Response:
     prepared = jobs.prepare(
         data, params, svc.settings, svc.registry, workers=capacity.slots, limits=capacity.limits
     )
+    upload_bytes = len(data)
     del data
     params = dataclasses.replace(params, model=prepared.plan.model)  # an alias's own name
     if krau_resize is not None:
@@ -207,6 +208,16 @@ def submit() -> Response:
         )
         prepared = dataclasses.replace(prepared, plan=compat.resized(plan, size, svc.settings))
         params = dataclasses.replace(params, resize_to=ResizeTo(width=size[0], height=size[1]))
+    refuse_unfit(
+        prepared.plan,
+        upload_bytes=upload_bytes,
+        input_format=prepared.image.format,
+        max_result_bytes=svc.settings.max_result_bytes,
+        max_parts=svc.settings.max_parts,
+        webp_quality=svc.settings.webp_quality,
+        max_side=FORMATS[prepared.plan.format].max_side,
+        resized=params.resize_to is not None,
+    )
     estimate = jobs.estimate_job(svc.store, svc.registry, prepared.plan, capacity.slots)
     if svc.settings.estimate_check:
         refuse_too_long(estimate, timeout, svc.settings.max_timeout)
