@@ -11,7 +11,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, redirect, reques
 
 from api import compat, openapi, waiting
 from api.auth import authenticate, token_of, token_required
-from api.errors import Gone, MissingImage, NotFound, NotReady, Unavailable
+from api.errors import RETRY_AFTER, Gone, MissingImage, NotFound, NotReady, Unavailable
 from api.fetch import fetch
 from api.services import Services
 from common.cluster import callbacks, jobs
@@ -53,12 +53,24 @@ def _json(body: dict[str, Any], status: int = 200) -> Response:
 
 @bp.get("/healthz")
 def healthz() -> Response:
+    store = services().store
     try:
-        services().store.ping()
+        store.ping()
     except Exception as exc:  # any failure to answer is "not healthy", never a 500
         current_app.logger.warning("healthz: redis does not answer: %s", exc)
-        return _json({"status": "unavailable", "redis": "down"}, 503)
+        return _unhealthy("down")
+    try:
+        store.check_writable()
+    except Exception as exc:  # answers but refuses writes (maxmemory): no job can be taken
+        current_app.logger.warning("healthz: redis refuses writes: %s", exc)
+        return _unhealthy("refusing writes")
     return _json({"status": "ok"})
+
+
+def _unhealthy(redis_state: str) -> Response:
+    response = _json({"status": "unavailable", "redis": redis_state}, 503)
+    response.headers["Retry-After"] = str(RETRY_AFTER)
+    return response
 
 
 @bp.get("/")
@@ -235,7 +247,7 @@ def submit() -> Response:
         svc.sender.send_job(prepared.job_id, prepared.plan.group_count)
     except Exception as exc:
         current_app.logger.exception("could not queue job %s", prepared.job_id)
-        svc.store.fail(prepared.job_id, "queue_error", "the job could not be queued")
+        _unqueued(prepared.job_id)
         raise Unavailable("the task queue does not answer; try again later") from exc
     body: dict[str, Any] = {"task_id": prepared.job_id, "message": "Success"}
     status = 200 if krau else 202
@@ -248,6 +260,17 @@ def submit() -> Response:
     response = _waited(_json(body, status), applied)
     response.headers["Location"] = f"/result/{prepared.job_id}"
     return response
+
+
+def _unqueued(job_id: str) -> None:
+    """Leave nothing of a job whose tasks could not all be queued: the caller is told
+    503 and no task id, so the job must not run, nor keep its input until the reaper.
+    A group already queued finds its job gone and does nothing."""
+    store = services().store
+    try:
+        store.discard(job_id)
+    except Exception:  # Redis is gone altogether: the reaper ends the job at its deadline
+        current_app.logger.exception("could not discard unqueued job %s", job_id)
 
 
 def _hold(job_id: str, seconds: int | None) -> int | None:

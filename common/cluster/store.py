@@ -26,6 +26,7 @@ every one with the result TTL::
     srcluster:callbacks      sorted set of ended jobs' keys whose callback is undelivered, scored by
                              when it is next due (see :mod:`common.cluster.callbacks`)
     srcluster:blob-sweep     set while one janitor sweeps old blobs (a blob store only)
+    srcluster:healthz        written by GET /healthz (does Redis accept writes?), 60 s TTL
     srcluster:stats          hash of counters and latency buckets, no TTL (:mod:`common.cluster.stats`)
 
 and the workers' keys (:mod:`common.cluster.workers`). With a blob store
@@ -98,6 +99,8 @@ PREFIX = "srcluster:job:"
 ACTIVE = "srcluster:active"
 CALLBACKS = "srcluster:callbacks"
 BLOB_SWEEP = "srcluster:blob-sweep"
+HEALTH = "srcluster:healthz"
+"""Written by ``GET /healthz`` to learn that Redis accepts writes."""
 
 RESULT_CHUNK = 1 << 20
 """Bytes of a result streamed from a blob store at a time (a download's memory)."""
@@ -169,6 +172,11 @@ class JobStore(WorkerRegistry):
     def ping(self) -> None:
         """Raise ``redis.RedisError`` unless Redis answers."""
         self.redis.ping()
+
+    def check_writable(self) -> None:
+        """Raise ``redis.RedisError`` unless Redis accepts a write (it refuses them at
+        ``maxmemory`` with ``noeviction``, or as a read-only replica)."""
+        self.redis.set(HEALTH, "1", ex=60)
 
     def close(self) -> None:
         """Release this store's connections."""
@@ -393,6 +401,14 @@ class JobStore(WorkerRegistry):
             self.redis.delete(*keys)
         if self.blobs is not None:
             self.blobs.remove_job(job_id)
+
+    def discard(self, job_id: str) -> None:
+        """Remove every trace of a job that was never queued: its keys, record included,
+        its blobs, its place on the unfinished list. Deletes only, which Redis accepts
+        even when it refuses writes (``maxmemory``)."""
+        self.delete(job_id)
+        self.redis.delete(self.key(job_id))
+        self.forget(job_id)
 
     # --- parts ----------------------------------------------------------------
 
