@@ -24,6 +24,7 @@ import requests
 from api import create_app, routes
 from api.fetch import fetch
 from common.cluster.store import JobStore, token_hash
+from common.errors import BadParameter
 from common.settings import DEFAULT_MAX_BYTES, Settings
 from tests.bad_requests import CASES, COMPACT, PNG, BadRequest
 from tests.cluster import ApiServer
@@ -255,3 +256,40 @@ def test_gunicorn_refusal_is_our_json(
     assert set(payload) == {"code", "message", "detail"}, payload
     assert payload["code"] == code, payload
     assert payload["message"].strip(), payload
+
+
+@pytest.fixture
+def dripping_server() -> Iterator[str]:
+    """A server that answers ``200`` and then one header line a second, for a minute."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\n")
+                for i in range(60):
+                    if stop.wait(1.0):
+                        return
+                    conn.sendall(b"X-Drip-%d: 1\r\n" % i)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}/a.png"
+    stop.set()
+    listener.close()
+    thread.join(5)
+
+
+def test_url_dripping_headers_is_cut_at_the_time_limit(dripping_server: str) -> None:
+    """The fetch's one deadline covers the headers too (a server dripping one header a
+    second held a fetch 60 s past the 10 s limit)."""
+    start = time.monotonic()
+    with pytest.raises(BadParameter) as refused:
+        fetch(dripping_server, max_bytes=10**6, time_limit=3, allowed=lambda address: True)
+    took = time.monotonic() - start
+    assert took < 8, f"the fetch took {took:.1f} s, its limit is 3 s"
+    assert refused.value.detail["parameter"] == "url"
+    assert "took over 3 s" in refused.value.message
