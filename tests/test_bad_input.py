@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import http.client
 import http.server
+import io
 import json
 import socket
 import threading
@@ -18,6 +19,9 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import cv2
+import numpy as np
+import PIL.Image
 import pytest
 import requests
 
@@ -25,6 +29,7 @@ from api import create_app, routes
 from api.fetch import fetch
 from common.cluster.store import JobStore, token_hash
 from common.errors import BadParameter
+from common.imageio import decode, encode
 from common.settings import DEFAULT_MAX_BYTES, Settings
 from tests.bad_requests import CASES, COMPACT, PNG, BadRequest
 from tests.cluster import ApiServer
@@ -293,3 +298,45 @@ def test_url_dripping_headers_is_cut_at_the_time_limit(dripping_server: str) -> 
     assert took < 8, f"the fetch took {took:.1f} s, its limit is 3 s"
     assert refused.value.detail["parameter"] == "url"
     assert "took over 3 s" in refused.value.message
+
+
+# --- odd but honest images: they work -------------------------------------------------------
+
+
+def _cmyk_tiff() -> bytes:
+    rgb = np.zeros((24, 24, 3), np.uint8)
+    rgb[..., 0], rgb[:12, :, 1], rgb[..., 2] = 200, 120, 60
+    out = io.BytesIO()
+    PIL.Image.fromarray(rgb).convert("CMYK").save(out, "TIFF", compression="tiff_lzw")
+    return out.getvalue()
+
+
+def _tiff16() -> bytes:
+    pixels = (np.arange(24 * 24 * 3, dtype=np.uint32).reshape(24, 24, 3) * 37 % 65536)
+    ok, buf = cv2.imencode(".tiff", pixels.astype(np.uint16))
+    assert ok
+    return buf.tobytes()
+
+
+ODD_IMAGES = {
+    "1x20000 png": (lambda: encode(np.full((20000, 1, 3), 128, np.uint8), "png"), (4, 80000)),
+    "20000x1 png": (lambda: encode(np.full((1, 20000, 3), 64, np.uint8), "png"), (80000, 4)),
+    "CMYK tiff": (_cmyk_tiff, (96, 96)),
+    "16-bit tiff": (_tiff16, (96, 96)),
+}
+
+
+@pytest.mark.parametrize("name", list(ODD_IMAGES))
+def test_odd_image_completes(api: ApiServer, worker: Any, name: str) -> None:
+    make, (width, height) = ODD_IMAGES[name]
+    job_id = submit(api, make())
+    body = wait_done(api, job_id, timeout=300)
+    assert body["status"] == "success", body
+    assert (body["width"], body["height"]) == (width, height)
+    out = decode(download(api, job_id).data, 1 << 30)
+    assert (out.width, out.height) == (width, height)
+    if name == "16-bit tiff":
+        assert out.bit_depth == 16
+    if name == "CMYK tiff":  # converted to RGB, not CMYK samples read as RGB
+        top = out.pixels[10, 48, :3].astype(int)
+        assert abs(top[0] - 200) < 12 and abs(top[1] - 120) < 12 and abs(top[2] - 60) < 12, top
