@@ -11,20 +11,27 @@ speak: 400, an ``Expect`` it cannot meet: 417) and writes an HTML page.
 Slow clients: gthread hands a connection to a thread once its first bytes
 arrive, and the thread then blocks until the request head is complete. A
 client dripping a header a second would hold it for good, and 2 x 16 of them
-would take the API away. So the head must arrive within :data:`HEAD_SECONDS`
-(else ``408`` and the connection is closed), and the body may pause at most
+would take the API away. So a thread here only collects what has arrived,
+without waiting, and gives the connection back to gunicorn's poller until the
+head is whole (:meth:`JsonErrorWorker.handle`): a slow head holds no thread.
+The head must be whole within :data:`HEAD_SECONDS` of its first byte (else
+``408`` and the connection is closed), and the body may pause at most
 :data:`BODY_IDLE_SECONDS` between two reads (else the request is a ``400``:
-:mod:`api.errors` maps the read's timeout).
+:mod:`api.errors` maps the read's timeout). A slow *body* still holds its
+thread for as long as it keeps coming.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import functools
 import socket
 import threading
+import time
 from typing import Any
 
-from gunicorn.workers.gthread import ThreadWorker
+from gunicorn.workers.gthread import _DEFER, ThreadWorker  # _DEFER: "back to the poller"
 
 from api.errors import error_body
 
@@ -32,8 +39,15 @@ HEAD_SECONDS = 10.0
 """Seconds from a connection's first byte (or a kept-alive connection's next request)
 to the end of its headers."""
 
+HEAD_COLLECT_LIMIT = 64 * 1024
+"""Bytes of an unfinished head collected without a thread; past them (a head that large
+is near gunicorn's limits anyway) the parser reads the rest, under the same deadline."""
+
 BODY_IDLE_SECONDS = 20.0
 """Seconds the body of a request may pause between two reads before the request fails."""
+
+CLOSERS = 8
+"""Threads per process that close connections gracefully (see :func:`_close_elsewhere`)."""
 
 CODES = {
     400: "bad_request",
@@ -129,6 +143,23 @@ class _Deadline:
         return not expired
 
 
+_CLOSERS = concurrent.futures.ThreadPoolExecutor(CLOSERS, thread_name_prefix="close")
+
+
+def _close_elsewhere(conn: Any, close: Any, graceful: bool = False) -> None:
+    """Close ``conn``, a graceful close off the main loop.
+
+    gunicorn closes a connection gracefully (half-close, then up to 2 s reading what the
+    client still sends) in the worker's main loop, which also accepts and dispatches
+    every connection: 200 clients that do not close after a ``Connection: close``
+    answer (or keep dripping headers after their 408) would stop it for 400 s.
+    """
+    if graceful:
+        _CLOSERS.submit(close, conn, True)
+    else:
+        close(conn)
+
+
 def _reads_with_idle_limit(app: Any) -> Any:
     """``app`` with its client socket's reads timing out after :data:`BODY_IDLE_SECONDS`.
 
@@ -154,12 +185,62 @@ class JsonErrorWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn is untype
     """gunicorn's gthread worker with JSON refusals and the deadlines above."""
 
     def handle(self, conn: Any) -> Any:
-        deadline = _Deadline(conn.sock, HEAD_SECONDS)
+        if not self.cfg.is_ssl and not conn.is_http2:
+            ready = self._collect_head(conn)
+            if ready is not True:
+                return ready
+        since = getattr(conn, "srcluster_since", 0.0)
+        left = HEAD_SECONDS - (time.monotonic() - since) if since else HEAD_SECONDS
+        deadline = _Deadline(conn.sock, max(0.5, left))
         conn.srcluster_deadline = deadline
         try:
             return super().handle(conn)
         finally:
             deadline.cancel()
+            conn.srcluster_since = 0.0
+
+    def _collect_head(self, conn: Any) -> Any:
+        """Read what the client has sent of its request head, without waiting.
+
+        Returns ``True`` when the head is whole (handed to gunicorn's parser) or the
+        client closed, ``_DEFER`` to wait for more in the poller, ``False`` when its
+        time ran out (answered ``408``; the connection is closed).
+        """
+        if conn.parser is not None and conn.parser.unreader.buf.getvalue():
+            return True  # a kept-alive connection read ahead: its bytes are the parser's
+        try:
+            data = conn.sock.recv(HEAD_COLLECT_LIMIT, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            data = None
+        except OSError:
+            return True  # let the parser meet the broken connection
+        head = getattr(conn, "srcluster_head", b"")
+        if data:
+            if not head:
+                conn.srcluster_since = time.monotonic()
+            head += data
+        whole = b"\r\n\r\n" in head or b"\n\n" in head or len(head) >= HEAD_COLLECT_LIMIT
+        if whole or data == b"":
+            conn.srcluster_head = b""
+            conn.init()  # the parser, once; it reads our bytes before the socket's
+            if head:
+                conn.parser.unreader.unread(head)
+            return True
+        conn.srcluster_head = head
+        if head and time.monotonic() - conn.srcluster_since > HEAD_SECONDS:
+            message = f"the request's headers did not arrive within {HEAD_SECONDS:g} s"
+            with contextlib.suppress(OSError):
+                conn.sock.send(raw_error(408, "Request Timeout", message), socket.MSG_DONTWAIT)
+            with contextlib.suppress(OSError):
+                # nothing more is read from a client this late: no lingering close for it
+                conn.sock.shutdown(socket.SHUT_RDWR)
+            return False
+        return _DEFER
+
+    def enqueue_req(self, conn: Any) -> None:
+        if "close" not in vars(conn):
+            conn.close = functools.partial(_close_elsewhere, conn, type(conn).close)
+        super().enqueue_req(conn)
 
     def handle_request(self, req: Any, conn: Any) -> Any:
         deadline = getattr(conn, "srcluster_deadline", None)

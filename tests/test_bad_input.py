@@ -27,12 +27,14 @@ import requests
 
 from api import create_app, routes
 from api.fetch import fetch
+from api.server import HEAD_SECONDS
 from common.cluster.store import JobStore, token_hash
 from common.errors import BadParameter
 from common.imageio import decode, encode
 from common.settings import DEFAULT_MAX_BYTES, Settings
 from tests.bad_requests import CASES, COMPACT, PNG, BadRequest
 from tests.cluster import ApiServer
+from tests.slow_clients import healthz_seconds, slow_connections
 from tests.test_cluster import download, submit, wait_done
 from tests.tokens import ALICE
 
@@ -312,7 +314,7 @@ def _cmyk_tiff() -> bytes:
 
 
 def _tiff16() -> bytes:
-    pixels = (np.arange(24 * 24 * 3, dtype=np.uint32).reshape(24, 24, 3) * 37 % 65536)
+    pixels = np.arange(24 * 24 * 3, dtype=np.uint32).reshape(24, 24, 3) * 37 % 65536
     ok, buf = cv2.imencode(".tiff", pixels.astype(np.uint16))
     assert ok
     return buf.tobytes()
@@ -340,3 +342,27 @@ def test_odd_image_completes(api: ApiServer, worker: Any, name: str) -> None:
     if name == "CMYK tiff":  # converted to RGB, not CMYK samples read as RGB
         top = out.pixels[10, 48, :3].astype(int)
         assert abs(top[0] - 200) < 12 and abs(top[1] - 120) < 12 and abs(top[2] - 60) < 12, top
+
+
+# --- slow clients ---------------------------------------------------------------------------
+
+SLOW_DRIPPING = 200
+SLOW_IDLE = 100
+"""Slow connections the test holds: 6 times the API's 2 x 16 threads (and the 6-64 slow
+connections that made /healthz time out with 2 sync workers)."""
+
+
+def test_slow_clients_do_not_take_the_api(api: ApiServer) -> None:
+    """Hundreds of connections dripping their headers, or sending nothing, hold no thread:
+    /healthz keeps answering; a head not whole after HEAD_SECONDS is answered 408 JSON."""
+    with slow_connections(api.port, SLOW_DRIPPING, SLOW_IDLE, lines=int(HEAD_SECONDS) + 3) as held:
+        time.sleep(1.5)
+        waits = [healthz_seconds(api.port) for _ in range(8)]
+        time.sleep(HEAD_SECONDS + 1.5)  # their heads are overdue now
+        waits += [healthz_seconds(api.port) for _ in range(4)]
+    assert max(waits) < 2.0, f"/healthz waited {max(waits):.2f} s behind slow clients"
+    timed_out = [r for r in held.replies if r.startswith(b"HTTP/1.1 408")]
+    assert len(timed_out) == SLOW_DRIPPING, f"{len(timed_out)} of {SLOW_DRIPPING} got a 408"
+    _, headers, body = parse_reply(timed_out[0])
+    assert headers["content-type"] == "application/json"
+    assert json.loads(body)["code"] == "request_timeout"
