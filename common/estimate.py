@@ -224,12 +224,13 @@ def refuse_unfit(
     ``resized`` says the caller asked for ``resize_to`` (the parameter a refusal names).
 
     Raises:
-        BadParameter: the pad is wider than the tile (``tile_pad``); more than
+        BadParameter: the pad is wider than the tile of a job of several tiles
+            (``tile_pad``); more than
             ``max_parts`` tiles (``tile_size``); an output side over ``max_side``
             (``format``, or ``resize_to``); a result estimated over ``max_result_bytes``
             (:func:`result_bytes`; ``format``, or ``resize_to``).
     """
-    if plan.pad > plan.tile:
+    if plan.pad > plan.tile and len(plan.tiles) > 1:  # one tile has no neighbours to pad from
         raise BadParameter(
             f"tile_pad {plan.pad} is wider than the tile ({plan.tile}): each tile would carry "
             f"more context than picture; use a tile_pad of at most {plan.tile}",
