@@ -245,6 +245,7 @@ def submit() -> Response:
     )
     try:
         svc.sender.send_job(prepared.job_id, prepared.plan.group_count)
+        svc.store.commit(prepared.job_id)
     except Exception as exc:
         current_app.logger.exception("could not queue job %s", prepared.job_id)
         _unqueued(prepared.job_id)

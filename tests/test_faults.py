@@ -321,3 +321,51 @@ def test_redis_refusing_writes_during_submit(fault_api, store, start_worker) -> 
     start_worker("after-oom")
     record = final(store, submit(fault_api, data))
     assert record.status.value == "success", record
+
+
+def test_job_left_uncommitted_by_a_dead_api_is_ended_soon(fault_settings, store, start_worker):
+    """An API killed between recording a job and queueing all its tasks leaves an
+    uncommitted job: the janitor ends it at its short commit deadline and drops its
+    input, not after the job's whole timeout (the reaper's 10 minutes)."""
+    start_worker("janitor")
+    job_id = "c" * 32
+    store.create(
+        job_id,
+        owner="o",
+        owner_name="alice",
+        params={"model": COMPACT},
+        plan={},
+        parts=2,
+        strips=[(0, c, b"x" * 1000) for c in range(2)],
+        extras={},
+        timeout=600,
+        commit_within=1,
+    )
+    assert not store.get(job_id).committed
+    record = final(store, job_id, timeout=30)
+    assert record.status.value == "failed" and record.error_code == "queue_error", record
+    wait_for(
+        lambda: not list(store.redis.scan_iter(match=store.key(job_id, "in", "*"))),
+        10,
+        "the uncommitted job's input to be dropped",
+    )
+    # committed in time, a job keeps its whole timeout
+    store.create(
+        "d" * 32,
+        owner="o",
+        owner_name="alice",
+        params={"model": COMPACT},
+        plan={},
+        parts=1,
+        strips=[],
+        extras={},
+        timeout=600,
+        commit_within=1,
+    )
+    store.commit("d" * 32)
+    time.sleep(3)
+    kept = store.get("d" * 32)
+    assert kept.committed and kept.status.value == "pending", kept
+    assert kept.deadline - kept.created == pytest.approx(600)
+    store.cancel("d" * 32)
+    store.delete("d" * 32)

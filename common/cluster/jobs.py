@@ -63,6 +63,11 @@ and at most read ahead while the last group infers: bounds the stitch's memory a
 canvas (twice this, plus its own group's cores), whether cores are 50 KB or 25 MB."""
 
 
+COMMIT_SECONDS = 60.0
+"""Seconds a submitted job may stay uncommitted (its tasks being queued) before the janitor
+ends it: an API killed mid-submit leaves its job's input in the store this long at most."""
+
+
 @dataclass
 class Prepared:
     """A validated, planned job ready to be recorded: its plan and its input windows."""
@@ -148,7 +153,11 @@ def submit(
 ) -> None:
     """Record a prepared job (``pending``) with its input in the store (one transaction);
     ``estimate`` is its estimated seconds of inference (:mod:`common.estimate`);
-    ``callback_url`` (already checked) is posted the job's status when it ends."""
+    ``callback_url`` (already checked) is posted the job's status when it ends.
+
+    The job is uncommitted until the caller has queued its tasks and called
+    ``store.commit``: a caller that dies in between leaves a job the janitor ends
+    within :data:`COMMIT_SECONDS`."""
     store.create(
         prepared.job_id,
         owner=owner,
@@ -162,6 +171,7 @@ def submit(
         timeout=timeout,
         estimate=estimate,
         callback_url=callback_url,
+        commit_within=COMMIT_SECONDS,
     )
 
 
@@ -464,6 +474,11 @@ def reap(store: JobStore, now: float | None = None) -> list[str]:
         record = store.get(job_id)
         if record is None:
             store.forget(job_id)
+            continue
+        if not record.committed:
+            reason = "the API stopped before it had queued the job's tiles"
+            if store.fail(job_id, "queue_error", reason):
+                ended.append(job_id)
             continue
         if record.done >= record.parts:
             reason = "every tile finished but the stitch never ran"

@@ -13,6 +13,7 @@ every one with the result TTL::
                       callback_url      where to POST the job's status when it ends (if asked)
                       callback_status   pending | delivered | failed, callback_attempts, callback_error
                       blobs             where its bytes are: redis, file or the s3:// URL
+                      timeout, uncommitted  its timeout; set until the API queued all its tasks
     P:done          set of finished part numbers (SADD is idempotent under redelivery; SCARD is progress)
     P:in:<p>:<c>    column strip ``c`` of plane ``p``'s reflection-extended input: raw C-order
                     (rows, window width, 3) pixels, so a window is one contiguous byte range
@@ -201,6 +202,7 @@ class JobStore(WorkerRegistry):
         groups: int | None = None,
         estimate: float | None = None,
         callback_url: str | None = None,
+        commit_within: float | None = None,
     ) -> None:
         """Record a new ``pending`` job of ``parts`` parts (in ``groups`` tasks; default one
         per part) with its input, all expiring after the TTL; ``estimate`` is its estimated
@@ -210,6 +212,11 @@ class JobStore(WorkerRegistry):
         ``strips`` are ``(plane, column, raw bytes)`` (see the key layout). One
         transaction: a job is recorded whole or not at all (with a blob store, the
         strips are written first and deleted again if the transaction fails).
+
+        ``commit_within``: the job is *uncommitted* until :meth:`commit` (its caller has
+        queued all its tasks), and its deadline is that many seconds away (at most its
+        timeout) until then: a caller that dies while queueing leaves a job the janitor
+        ends (and drops) within those seconds, not after the whole timeout.
         """
         pipe = self.redis.pipeline(transaction=True)
         if self.blobs is None:
@@ -229,16 +236,19 @@ class JobStore(WorkerRegistry):
             "parts": parts,
             "groups": parts if groups is None else groups,
             "created": now,
-            "deadline": now + timeout,
+            "deadline": now + (timeout if commit_within is None else min(timeout, commit_within)),
+            "timeout": timeout,
             "blobs": self.blob_kind,
         }
+        if commit_within is not None:
+            record["uncommitted"] = 1
         if estimate is not None:
             record["estimate"] = estimate
         if callback_url:
             record["callback_url"] = callback_url
         pipe.hset(self.key(job_id), mapping=record)
         pipe.expire(self.key(job_id), self.ttl)
-        pipe.zadd(ACTIVE, {self.key(job_id): now + timeout})
+        pipe.zadd(ACTIVE, {self.key(job_id): record["deadline"]})
         pipe.hincrby(STATS, f"jobs:{JobStatus.PENDING.value}", 1)
         try:
             pipe.execute()
@@ -246,6 +256,20 @@ class JobStore(WorkerRegistry):
             if self.blobs is not None:
                 self.blobs.remove_job(job_id)
             raise
+
+    def commit(self, job_id: str) -> None:
+        """Mark a job created with ``commit_within`` as queued whole: its deadline becomes
+        its creation plus its timeout. A job that has ended meanwhile stays off the
+        unfinished list."""
+        created, timeout = self.redis.hmget(self.key(job_id), "created", "timeout")
+        if created is None or timeout is None:
+            return
+        deadline = float(created) + float(timeout)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(self.key(job_id), "deadline", deadline)
+        pipe.hdel(self.key(job_id), "uncommitted")
+        pipe.zadd(ACTIVE, {self.key(job_id): deadline}, xx=True)
+        pipe.execute()
 
     def get(self, job_id: str) -> JobRecord | None:
         """The job, or ``None`` if it does not exist (or expired)."""
@@ -289,6 +313,7 @@ class JobStore(WorkerRegistry):
             estimate=float(fields["estimate"]) if "estimate" in fields else None,
             callback_url=fields.get("callback_url"),
             callback=callback,
+            committed="uncommitted" not in fields,
             output=output,
         )
 
