@@ -163,6 +163,11 @@ def check_model(data: bytes | Path, label: str, max_bytes: int | None = None) ->
         raise _invalid(f"{label}: input must be float32, is {arg.type}", "dtype")
     if len(shape) != 4:
         raise _invalid(f"{label}: input must be NCHW (rank 4), has shape {shape}", "layout")
+    if shape[3] == MODEL_CHANNELS and not isinstance(shape[1], int):
+        raise _invalid(
+            f"{label}: input {shape} looks channels-last (NHWC); NCHW (1x3xHxW) is needed",
+            "layout",
+        )
     if isinstance(shape[1], int) and shape[1] != MODEL_CHANNELS:
         raise _invalid(
             f"{label}: input must have 3 (RGB) channels, has {shape[1]} (NCHW expected)", "layout"
