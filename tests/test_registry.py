@@ -104,7 +104,7 @@ def test_check_refuses_a_model_over_the_limit() -> None:
 @pytest.fixture(scope="module")
 def registry_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with redis_for_tests(tmp_path_factory.mktemp("registry-redis")) as url:
-        yield with_db(url, 5)  # never another test's queues, even on a configured Redis
+        yield with_db(url, 9)  # never another test's queues, even on a configured Redis
 
 
 @pytest.fixture(scope="module")
