@@ -26,6 +26,7 @@ import os
 import threading
 import time
 import uuid
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -326,14 +327,14 @@ def run_group(
     return landed
 
 
-_registries: dict[int, Registry] = {}
+_registries: weakref.WeakKeyDictionary[JobStore, Registry] = weakref.WeakKeyDictionary()
 
 
 def _registry(settings: Settings, store: JobStore) -> Registry:
-    """This process's registry on ``store``'s cluster (one per store, so per process)."""
-    registry = _registries.get(id(store))
+    """The registry of ``store``'s cluster (one per store: a worker process has one)."""
+    registry = _registries.get(store)
     if registry is None or registry.settings is not settings:
-        registry = _registries[id(store)] = Registry(settings, ClusterModels.from_store(store))
+        registry = _registries[store] = Registry(settings, ClusterModels.from_store(store))
     return registry
 
 
