@@ -233,6 +233,12 @@ def test_a_model_added_from_the_cli_runs_on_another_host(
         capture_output=True, text=True, timeout=120, env=env,
     )  # fmt: skip
     assert again.returncode == 2 and "already exists" in again.stderr
+    table = subprocess.run(
+        [sys.executable, "-m", "srcluster", "models"],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    line = next(row for row in table.stdout.splitlines() if row.startswith("cli-x2 "))
+    assert line.split()[1:3] == ["2", "cluster"] and "fetched on first use" in line
 
 
 @pytest.mark.parametrize(
