@@ -6,6 +6,7 @@ The API's own errors extend :mod:`common.errors`'s tree::
     +-- InputError
     |   +-- Unauthorized        no token, or not one we know (401)
     |   |   +-- TokenMissing    no token at all (401; krau mode 422)
+    |   +-- Forbidden           a valid token, but not an admin token, on an admin route (403)
     |   +-- MissingImage        neither file nor url (422; krau mode 400)
     |   +-- NotFound            no such job, or another token's (404)
     |   +-- NotReady            the job has no result yet (409)
@@ -41,6 +42,13 @@ class Unauthorized(InputError):
 
 class TokenMissing(Unauthorized):
     """The request carries no token at all (neither header)."""
+
+
+class Forbidden(InputError):
+    """A known token on a route that needs an admin token (``SRCLUSTER_ADMIN_TOKENS``)."""
+
+    code = "forbidden"
+    http_status = 403
 
 
 class MissingImage(BadParameter):

@@ -90,6 +90,11 @@ DEFAULT_WAIT_SLOTS = 4
 """Requests per API process that may hold for ``Prefer: wait`` at once (the rest are
 answered at once): below gunicorn's threads per process, so waits never take them all."""
 
+DEFAULT_MODEL_MAX_BYTES = 256 * 1024 * 1024
+"""Largest ONNX model the cluster registry accepts, in bytes (the largest Real-ESRGAN
+models are about 67 MB as fp32 ONNX; a model is stored in Redis in 32 MiB chunks, so Redis'
+512 MiB value limit is not the bound)."""
+
 WEBHOOK_SECRET_PREFIX = "whsec_"
 """How Standard Webhooks secrets begin; the rest is the key, base64-encoded."""
 
@@ -133,6 +138,13 @@ class Settings:
 
     tokens: str = ""
     """API tokens as ``name:token`` pairs separated by commas (a bare token is named ``default``)."""
+
+    admin_tokens: str = ""
+    """Tokens of the admin routes (adding and deleting cluster models), ``name:token`` pairs
+    as ``tokens``; empty: no admin routes (403)."""
+
+    model_max_bytes: int = DEFAULT_MODEL_MAX_BYTES
+    """Largest ONNX model the cluster registry accepts (413 beyond)."""
 
     timeout: int = DEFAULT_TIMEOUT
     max_timeout: int = DEFAULT_MAX_TIMEOUT
@@ -205,18 +217,15 @@ class Settings:
         Raises:
             ConfigError: a pair is malformed or a token is too short to be a secret.
         """
-        table: dict[str, str] = {}
-        for item in filter(None, (part.strip() for part in self.tokens.split(","))):
-            name, sep, token = item.partition(":")
-            if not sep:
-                name, token = "default", item
-            if not name or len(token) < 16:
-                raise ConfigError(
-                    "SRCLUSTER_TOKENS must be name:token pairs with tokens of 16+ characters",
-                    name=name,
-                )
-            table[token] = name
-        return table
+        return _token_table(self.tokens, "SRCLUSTER_TOKENS")
+
+    def admin_token_names(self) -> dict[str, str]:
+        """Map each admin token (``admin_tokens``) to its name.
+
+        Raises:
+            ConfigError: a pair is malformed or a token is too short to be a secret.
+        """
+        return _token_table(self.admin_tokens, "SRCLUSTER_ADMIN_TOKENS")
 
     def cors_origin_list(self) -> tuple[str, ...]:
         """The allowed origins of :attr:`cors_origins`, each ``scheme://host[:port]`` or ``*``;
@@ -303,7 +312,7 @@ class Settings:
             raise ConfigError(
                 f"SRCLUSTER_PRECISION must be one of {', '.join(PRECISIONS)}", value=self.precision
             )
-        for name in ("max_bytes", "max_pixels", "max_output_pixels"):
+        for name in ("max_bytes", "max_pixels", "max_output_pixels", "model_max_bytes"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be positive")
         if self.threads < 0:
@@ -342,7 +351,27 @@ class Settings:
                 value=self.api_compat,
             )
         self.token_names()
+        self.admin_token_names()
         self.cors_origin_list()
+
+
+def _token_table(raw: str, variable: str) -> dict[str, str]:
+    """``name:token`` pairs (commas between) as token -> name; a bare token is ``default``.
+
+    Raises:
+        ConfigError: a pair is malformed or a token is too short to be a secret.
+    """
+    table: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        name, sep, token = item.partition(":")
+        if not sep:
+            name, token = "default", item
+        if not name or len(token) < 16:
+            raise ConfigError(
+                f"{variable} must be name:token pairs with tokens of 16+ characters", name=name
+            )
+        table[token] = name
+    return table
 
 
 def check_blob_url(url: str) -> None:

@@ -255,7 +255,7 @@ def test_openapi_describes_every_route(app: Flask, client: FlaskClient) -> None:
     doc = reply.json
     assert doc["openapi"].startswith("3.1")
     described = {
-        (path.replace("{task_id}", "<job_id>"), method.upper())
+        (re.sub(r"\{(\w+)\}", r"<\1>", path.replace("{task_id}", "<job_id>")), method.upper())
         for path, item in doc["paths"].items()
         for method in item
         if method != "parameters"

@@ -26,6 +26,7 @@ import os
 import threading
 import time
 import uuid
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,10 +35,11 @@ from typing import Any
 import numpy as np
 
 from common import estimate, tiling
+from common.cluster.models import ClusterModels
 from common.cluster.prefetch import CorePrefetch
 from common.cluster.store import JobStatus, JobStore, WindowRead, pack_array, unpack_array
 from common.engines import Engine, get_engine
-from common.errors import UnknownModel
+from common.errors import ModelError, UnknownModel
 from common.groups import MAX_GROUP
 from common.imageio import Image, content_type, decode
 from common.memory import ENGINE_KEYS
@@ -282,7 +284,17 @@ def run_group(
         )
     tiles = plan.tiles
     shape = (tiles.window_height, tiles.window_width, 3)
-    engine = get_engine(plan.model, settings)
+    try:
+        engine = get_engine(plan.model, settings, _registry(settings, store))
+    except (ModelError, UnknownModel) as error:
+        # no retry: another delivery here would fail the same way, and the message says why
+        log.error("job %s: model %s: %s", job_id, plan.model, error)
+        store.fail(
+            job_id,
+            "model_unavailable",
+            f"worker {worker} cannot load model {plan.model!r}: {error.message}",
+        )
+        return False
     _report_once(store, worker, plan.model, engine)
     windows = [np.frombuffer(data, plan.numpy_dtype).reshape(shape) for data in start.windows]
     batch = windows_per_run(shape, engine.provider)
@@ -313,6 +325,17 @@ def run_group(
         stitch(store, settings, job_id, known=known)
         return False
     return landed
+
+
+_registries: weakref.WeakKeyDictionary[JobStore, Registry] = weakref.WeakKeyDictionary()
+
+
+def _registry(settings: Settings, store: JobStore) -> Registry:
+    """The registry of ``store``'s cluster (one per store: a worker process has one)."""
+    registry = _registries.get(store)
+    if registry is None or registry.settings is not settings:
+        registry = _registries[store] = Registry(settings, ClusterModels.from_store(store))
+    return registry
 
 
 SPEED_WEIGHT = 0.3
