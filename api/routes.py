@@ -118,6 +118,10 @@ def _check_fields() -> None:
             for a plain field.
     """
     names = set(request.form) | set(request.files)
+    if None in names or "" in names:  # a part whose Content-Disposition names nothing
+        raise BadParameter(
+            "a form part has no name: each part needs Content-Disposition: form-data; name=..."
+        )
     unknown = sorted(names - SUBMIT_FIELDS)
     if unknown:
         hints = {n: m[0] for n in unknown if (m := difflib.get_close_matches(n, SUBMIT_FIELDS, 1))}

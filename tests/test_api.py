@@ -419,6 +419,20 @@ def test_file_as_a_plain_field_is_422(client: FlaskClient) -> None:
     assert_error(reply, 422, "bad_parameter")
 
 
+def test_a_form_part_without_a_name_is_422(client: FlaskClient) -> None:
+    # found by the fuzz test: werkzeug keys such a part under None
+    body = (
+        b"--b\r\nContent-Disposition: form-data\r\n\r\nx\r\n"
+        b'--b\r\nContent-Disposition: form-data; name="model"\r\n\r\n'
+        + MODEL.encode()
+        + b"\r\n--b--\r\n"
+    )
+    reply = client.post(
+        "/sr", data=body, content_type="multipart/form-data; boundary=b", headers=as_user(ALICE)
+    )
+    assert "no name" in assert_error(reply, 422, "bad_parameter")["message"]
+
+
 def test_empty_file_is_415(client: FlaskClient) -> None:
     body = assert_error(post_sr(client, ALICE, b""), 415, "unsupported_image")
     assert body["message"] == "empty file"
