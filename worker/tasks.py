@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import redis
@@ -11,6 +12,7 @@ from celery.exceptions import Reject, SoftTimeLimitExceeded
 from common.cluster import jobs
 from common.cluster.blobs import BlobUnavailable
 from common.cluster.protocol import STITCH_TASK, TILE_TASK, stitch_task_id
+from common.cluster.store import refused_for_now
 from worker.app import app
 from worker.runtime import plans, settings, store, takes_stitches
 
@@ -23,6 +25,20 @@ def ask_for_stitch(job_id: str) -> None:
     app.send_task(
         STITCH_TASK, args=(job_id,), queue=settings().stitch_queue, task_id=stitch_task_id(job_id)
     )
+
+
+REFUSED_PAUSE = 1.0
+"""Seconds a task waits before giving its message back when Redis refuses writes (so a
+refusal of some seconds is not thousands of redeliveries)."""
+
+
+def _refused(error: redis.ResponseError, what: str) -> None:
+    """Give the message back, for later, when Redis refuses writes for a passing reason
+    (nothing was changed: see :func:`~common.cluster.store.refused_for_now`); else return."""
+    if refused_for_now(error):
+        log.warning("%s: Redis refuses writes (%s); requeued", what, error)
+        time.sleep(REFUSED_PAUSE)
+        raise Reject(f"Redis refuses writes: {error}", requeue=True) from error
 
 
 @app.task(name=TILE_TASK, bind=True, soft_time_limit=LIMIT * 0.9, time_limit=LIMIT)
@@ -46,6 +62,10 @@ def upscale_tiles(self: Any, job_id: str, group: int) -> None:
         raise Reject(f"store unavailable: {error}", requeue=True) from error
     except SoftTimeLimitExceeded:
         store().fail(job_id, "tile_timeout", f"tile group {group} ran past {LIMIT * 0.9:.0f} s")
+    except redis.ResponseError as error:
+        _refused(error, f"tile group {group} of job {job_id}")
+        log.exception("tile group %s of job %s failed", group, job_id)
+        store().fail(job_id, "internal", f"tile group {group} failed: {error}")
     except Exception as error:  # a failed tile must end its job, not leave it waiting
         log.exception("tile group %s of job %s failed", group, job_id)
         store().fail(
@@ -62,6 +82,10 @@ def stitch(self: Any, job_id: str) -> None:
         raise self.retry(countdown=1) from None
     except (redis.ConnectionError, redis.TimeoutError, BlobUnavailable) as error:
         raise Reject(f"store unavailable: {error}", requeue=True) from error
+    except redis.ResponseError as error:
+        _refused(error, f"the stitch of job {job_id}")
+        log.exception("stitch of job %s failed", job_id)
+        store().fail(job_id, "internal", f"stitching failed: {error}")
     except Exception as error:
         log.exception("stitch of job %s failed", job_id)
         store().fail(job_id, "internal", f"stitching failed: {type(error).__name__}: {error}")
