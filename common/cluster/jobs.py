@@ -303,8 +303,13 @@ def run_group(
         return False
     reads = [window_read(plan, part) for part in plan.group_parts(group)]
     start = store.begin_group(job_id, reads, f"{worker}:{os.getpid()}", settings.max_deliveries)
-    if start.status is None or start.status.finished or start.already_done:
+    if start.status is None or start.status.finished:
         return False
+    if start.already_done:
+        # a duplicate; or the redelivery of a task whose process died stitching: stitch again
+        if start.landed and stitch_here:
+            stitch(store, settings, job_id)
+        return start.landed and not stitch_here
     if start.windows is None and time.time() > start.deadline:
         store.fail(job_id, "timeout", "the job ran past its timeout")
         return False

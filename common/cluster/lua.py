@@ -54,7 +54,7 @@ return 1
 # returns {status, deadline, most deliveries, that part, parts of the job ever started},
 # followed by 1 and the window bytes of each strip key only when the job is unfinished, in
 # time and no part is over its deliveries (the 1 says "go" when the windows are read
-# elsewhere), or by 0 for a group already done.
+# elsewhere), or by 0 and whether the job has landed (1 or 0) for a group already done.
 BEGIN_GROUP = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= 'pending' and status ~= 'processing' then return {status or '', '0', 0, -1} end
@@ -68,7 +68,10 @@ if not whole or redis.call('HEXISTS', KEYS[1], 'landed') == 1 then
   for i = 1, n do
     if redis.call('SISMEMBER', KEYS[5], ARGV[5 + 3 * i - 2]) == 0 then undone = undone + 1 end
   end
-  if undone == 0 then return {status, deadline, 0, -1, redis.call('HLEN', KEYS[2]), 0} end
+  if undone == 0 then
+    local landed = redis.call('HEXISTS', KEYS[1], 'landed')
+    return {status, deadline, 0, -1, redis.call('HLEN', KEYS[2]), 0, landed}
+  end
 end
 local most, worst = 0, -1
 for i = 1, n do

@@ -66,6 +66,8 @@ class GroupStart:
     had ended or was past its deadline)."""
     already_done: bool = False
     """Every part of the group was done before: a duplicate message, skipped (nothing counted)."""
+    landed: bool = False
+    """With ``already_done``: every part of the job has landed, so it only lacks its stitch."""
 
 
 def token_hash(token: str) -> str:

@@ -514,7 +514,10 @@ class JobStore(WorkerRegistry):
         status = JobStatus(reply[0].decode()) if reply[0] else None
         started = int(reply[4]) if len(reply) > 4 else 0
         if len(reply) > 5 and int(reply[5]) == 0:
-            return GroupStart(status, float(reply[1]), 0, -1, None, started, already_done=True)
+            landed = len(reply) > 6 and int(reply[6]) == 1
+            return GroupStart(
+                status, float(reply[1]), 0, -1, None, started, already_done=True, landed=landed
+            )
         windows: list[bytes] | None = None
         if len(reply) > 5 and self.blobs is None:
             windows = [bytes(w) for w in reply[6:]]
