@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 import redis
@@ -27,17 +26,12 @@ def ask_for_stitch(job_id: str) -> None:
     )
 
 
-REFUSED_PAUSE = 1.0
-"""Seconds a task waits before giving its message back when Redis refuses writes (so a
-refusal of some seconds is not thousands of redeliveries)."""
-
-
 def _refused(error: redis.ResponseError, what: str) -> None:
-    """Give the message back, for later, when Redis refuses writes for a passing reason
-    (nothing was changed: see :func:`~common.cluster.store.refused_for_now`); else return."""
+    """Give the message back when Redis still refuses writes for a passing reason after
+    :data:`~common.cluster.jobs.WRITE_RETRY_SECONDS` of retries (nothing was changed: see
+    :func:`~common.cluster.store.refused_for_now`); else return."""
     if refused_for_now(error):
-        log.warning("%s: Redis refuses writes (%s); requeued", what, error)
-        time.sleep(REFUSED_PAUSE)
+        log.warning("%s: Redis still refuses writes (%s); requeued", what, error)
         raise Reject(f"Redis refuses writes: {error}", requeue=True) from error
 
 
@@ -46,16 +40,18 @@ def upscale_tiles(self: Any, job_id: str, group: int) -> None:
     """Infer group ``group`` of job ``job_id``; a failure ends the job, never the worker."""
     try:
         stitch_here = takes_stitches()
-        if jobs.run_group(
-            store(),
-            settings(),
-            job_id,
-            group,
-            self.request.hostname,
-            plans,
-            stitch_here=stitch_here,
+        if jobs.while_refused(
+            lambda: jobs.run_group(
+                store(),
+                settings(),
+                job_id,
+                group,
+                self.request.hostname,
+                plans,
+                stitch_here=stitch_here,
+            )
         ):
-            ask_for_stitch(job_id)
+            jobs.while_refused(lambda: ask_for_stitch(job_id))
     except (redis.ConnectionError, redis.TimeoutError, BlobUnavailable) as error:
         # Redis (or the blob store) is restarting: the job is not at fault; give the message
         # back (or, if even that fails, the broker restores it after the visibility timeout)
@@ -77,7 +73,7 @@ def upscale_tiles(self: Any, job_id: str, group: int) -> None:
 def stitch(self: Any, job_id: str) -> None:
     """Assemble the job's result, or retry while a redelivered tile finishes."""
     try:
-        jobs.stitch(store(), settings(), job_id)
+        jobs.while_refused(lambda: jobs.stitch(store(), settings(), job_id))
     except jobs.TilesPending:
         raise self.retry(countdown=1) from None
     except (redis.ConnectionError, redis.TimeoutError, BlobUnavailable) as error:

@@ -367,7 +367,7 @@ def run_group(
     pixels = len(windows) * tiles.window_width * tiles.window_height
     _report_speed(store, worker, plan.model, sum(seconds), pixels)
     whole_job = stitch_here and len(outputs) == plan.part_count
-    _, landed = _while_refused(
+    _, landed = while_refused(
         lambda: store.record_outputs(
             job_id, outputs, worker, model=plan.model, seconds=seconds, keep=not whole_job
         )
@@ -399,9 +399,11 @@ passing reason (:func:`~common.cluster.store.refused_for_now`) before giving up 
 _T = TypeVar("_T")
 
 
-def _while_refused(write: Callable[[], _T]) -> _T:
+def while_refused(write: Callable[[], _T]) -> _T:
     """``write()``, retried each second while Redis refuses it for a passing reason, up to
-    :data:`WRITE_RETRY_SECONDS`: the group's work is kept, no delivery is spent."""
+    :data:`WRITE_RETRY_SECONDS`: the group's work is kept, no delivery is spent. (Giving
+    the message back instead would not do: Celery's own reject writes to Redis too, and
+    its worker exits when that is refused.)"""
     give_up = time.monotonic() + WRITE_RETRY_SECONDS
     while True:
         try:
