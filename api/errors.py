@@ -30,7 +30,7 @@ from flask import Flask, Response, current_app, jsonify
 from werkzeug.exceptions import HTTPException
 
 from common.cluster.blobs import BlobUnavailable
-from common.errors import BadParameter, InputError, SrclusterError
+from common.errors import BadParameter, InputError, QuotaExceeded, SrclusterError
 
 
 class Unauthorized(InputError):
@@ -139,7 +139,10 @@ def register(app: Flask, statuses: Mapping[type[SrclusterError], int] | None = N
 
     def from_srcluster(error: SrclusterError) -> Response:
         status = _status(error, overrides)
-        return error_response(status, error.code, error.message, error.detail)
+        response = error_response(status, error.code, error.message, error.detail)
+        if isinstance(error, QuotaExceeded):
+            response.headers["Retry-After"] = str(error.detail["retry_after"])
+        return response
 
     def from_redis(error: redis.RedisError) -> Response:
         current_app.logger.warning("redis error: %s", error)

@@ -214,7 +214,8 @@ def submit() -> Response:
     estimate = jobs.estimate_job(svc.store, svc.registry, prepared.plan, capacity.slots)
     if svc.settings.estimate_check:
         refuse_too_long(estimate, timeout, svc.settings.max_timeout)
-    jobs.submit(
+    jobs.admit(svc.store, svc.settings, g.caller.owner, prepared)
+    backlog = jobs.submit(
         svc.store,
         prepared,
         params,
@@ -225,7 +226,7 @@ def submit() -> Response:
         callback_url=callback_url,
     )
     try:
-        svc.sender.send_job(prepared.job_id, prepared.plan.group_count)
+        svc.sender.send_job(prepared.job_id, prepared.plan.group_count, backlog)
     except Exception as exc:
         current_app.logger.exception("could not queue job %s", prepared.job_id)
         svc.store.fail(prepared.job_id, "queue_error", "the job could not be queued")

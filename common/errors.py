@@ -14,6 +14,7 @@
     |       +-- JobTooLong          its estimated run time exceeds its timeout (422)
     |       +-- ModelNameTaken      a model name already in use, or a built-in's (409)
     |       +-- InvalidModel        a model offered for registration is unusable (422; also a ModelError)
+    |   +-- QuotaExceeded           the token is over its jobs in flight or pixels per hour (429)
     +-- ModelError                  a model file we cannot use
     |   +-- ConversionError         an ncnn layer or weight format we do not understand
     |   +-- ModelUnavailable        a cluster model's bytes cannot be fetched, or fail their hash
@@ -113,6 +114,14 @@ class ModelNameTaken(BadParameter):
 
     code = "model_exists"
     http_status = 409
+
+
+class QuotaExceeded(InputError):
+    """The token is over one of its limits for now (jobs in flight, input pixels per hour);
+    ``detail["retry_after"]`` is the seconds to wait (the API's ``Retry-After``)."""
+
+    code = "too_many_requests"
+    http_status = 429
 
 
 class ModelError(SrclusterError):

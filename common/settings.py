@@ -79,6 +79,22 @@ DEFAULT_VISIBILITY_TIMEOUT = 2 * DEFAULT_TILE_TIME_LIMIT
 DEFAULT_MAX_DELIVERIES = 3
 """Deliveries of one tile before its job fails (a tile that kills its worker every time)."""
 
+DEFAULT_HEARTBEAT_TTL = 15
+"""Seconds a worker's heartbeat lasts (it repeats it every third of that): a host that
+stops for longer is dead, and a live worker re-queues the tiles it was running."""
+
+DEFAULT_STALL_AFTER = 60
+"""Seconds without progress (no tile started or landed) after which a job whose missing
+tiles no live worker holds and no queue carries has them re-queued (at least this; more
+for a job whose tiles are slow: see ``common.cluster.recovery``)."""
+
+DEFAULT_TOKEN_MAX_JOBS = 100
+"""Jobs one token may have unfinished at once; more are refused (429) until some end."""
+
+DEFAULT_TOKEN_PIXELS_PER_HOUR = 10_000_000_000
+"""Input pixels one token may submit in any hour (about 600 images of the largest size);
+more are refused (429) until the hour's oldest ones age out. 0: no limit."""
+
 DEFAULT_WEBHOOK_ATTEMPTS = 7
 """Attempts to deliver a job's callback before giving up (the first and six retries)."""
 
@@ -170,7 +186,16 @@ class Settings:
     """Parts (tiles of a plane) one cluster task carries; 0: sized per job (see ``common.groups``)."""
 
     janitor_interval: int = 10
-    """Seconds between a worker's heartbeats and its check for overdue or stuck jobs."""
+    """Seconds between a worker's checks for overdue, stalled or unstitched jobs."""
+
+    heartbeat_ttl: int = DEFAULT_HEARTBEAT_TTL
+    stall_after: int = DEFAULT_STALL_AFTER
+    token_max_jobs: int = DEFAULT_TOKEN_MAX_JOBS
+    token_pixels_per_hour: int = DEFAULT_TOKEN_PIXELS_PER_HOUR
+
+    fair_share: bool = True
+    """Send a token's tiles at a priority that falls with its backlog, so tokens interleave;
+    off: one FIFO queue (a large job delays every later one)."""
 
     tile_queue: str = "tiles"
     """Celery queue of tile tasks (GPU hosts may consume only this one)."""
@@ -327,6 +352,9 @@ class Settings:
             "result_ttl",
             "tile_time_limit",
             "visibility_timeout",
+            "heartbeat_ttl",
+            "stall_after",
+            "token_max_jobs",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be positive")
@@ -334,6 +362,10 @@ class Settings:
             raise ConfigError("SRCLUSTER_TIMEOUT must not exceed SRCLUSTER_MAX_TIMEOUT")
         if self.parts_per_group < 0:
             raise ConfigError("SRCLUSTER_PARTS_PER_GROUP must be 0 (automatic) or positive")
+        if self.heartbeat_ttl < 3:
+            raise ConfigError("SRCLUSTER_HEARTBEAT_TTL must be at least 3 (seconds)")
+        if self.token_pixels_per_hour < 0:
+            raise ConfigError("SRCLUSTER_TOKEN_PIXELS_PER_HOUR must be 0 (no limit) or positive")
         if self.max_deliveries < 1:
             raise ConfigError("SRCLUSTER_MAX_DELIVERIES must be at least 1")
         if self.blob_url:
