@@ -396,6 +396,16 @@ def up(settings: Settings, processes: int = 1, flower: bool = True, port: int | 
     def on_signal(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
 
+    def hurry(signum: int, _frame: object) -> None:
+        cluster.hurry = True
+
+    def stopping() -> None:
+        # a second Ctrl-C only hands the worker's tiles back sooner; the SIGTERM that may
+        # follow a SIGHUP must not cut the stop short
+        signal.signal(signal.SIGINT, hurry)
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)
+
     # also SIGINT: a shell starts background jobs with SIGINT ignored, and we want Ctrl-C/kill -INT
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -422,6 +432,7 @@ def up(settings: Settings, processes: int = 1, flower: bool = True, port: int | 
             cluster.supervise()
             time.sleep(0.5)
     except KeyboardInterrupt:
+        stopping()
         with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
             print(f"\nstopping… (the worker finishes its running tiles, up to "
                   f"{cluster.settings.stop_grace:.0f} s; Ctrl-C again hands them back now)",
@@ -431,13 +442,5 @@ def up(settings: Settings, processes: int = 1, flower: bool = True, port: int | 
         print(f"srcluster: error: {error}", file=sys.stderr)
         return 1
     finally:
-
-        def hurry(signum: int, _frame: object) -> None:
-            cluster.hurry = True
-
-        # a second Ctrl-C only hands the worker's tiles back sooner; the SIGTERM that may
-        # follow a SIGHUP must not cut the stop short
-        signal.signal(signal.SIGINT, hurry)
-        for signum in (signal.SIGTERM, signal.SIGHUP):
-            signal.signal(signum, signal.SIG_IGN)
+        stopping()
         cluster.stop()
