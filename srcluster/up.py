@@ -167,10 +167,12 @@ def how_it_ended(status: int) -> str:
 class Child:
     """One supervised process of ``up``: how to start it, the process, its recent deaths."""
 
-    def __init__(self, name: str, start: Callable[[], subprocess.Popen[bytes]], log: Path):
+    def __init__(self, name: str, start: Callable[[int], subprocess.Popen[bytes]], log: Path):
         self.name = name
         self.log = log
         self._start = start
+        """Starts the process; takes how many times it was started before."""
+        self.starts = 0
         self.process: subprocess.Popen[bytes] | None = None
         self.deaths: list[float] = []
         self.restart_at: float | None = None
@@ -178,7 +180,8 @@ class Child:
 
     def start(self) -> None:
         self.restart_at = None
-        self.process = self._start()
+        self.process = self._start(self.starts)
+        self.starts += 1
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -246,29 +249,46 @@ class Cluster:
         self.settings = s
         Registry(s).onnx_path(DEFAULT_MODEL)  # the first job should not wait for a conversion
         env = child_environment({**os.environ, **s.to_env()})
-        self._add("worker", worker_command("local@%h", self.processes), env, logs)
-        self._add("api", api_command(s.api_host, s.api_port), env, logs)
+        # a restarted worker takes a new name (local-2@host, ...): under the old one it would
+        # look alive, and the dead one's tiles would wait for the stall check, not its heartbeat
+        self._add(
+            "worker",
+            lambda n: worker_command(f"local{f'-{n + 1}' if n else ''}@%h", self.processes),
+            env,
+            logs,
+        )
+        self._add("api", lambda _: api_command(s.api_host, s.api_port), env, logs)
         if self.with_flower:
             self.flower_url = f"http://{s.api_host}:{s.flower_port}"
             # the password goes in the environment: a command line is readable by anyone
             flower_env = {**env, "FLOWER_BASIC_AUTH": f"{s.flower_user}:{s.flower_password}"}
-            self._add("flower", flower_command(s.api_host, s.flower_port), flower_env, logs)
+            self._add(
+                "flower", lambda _: flower_command(s.api_host, s.flower_port), flower_env, logs
+            )
         return s
 
-    def _start_redis(self) -> subprocess.Popen[bytes]:
+    def _start_redis(self, _before: int) -> subprocess.Popen[bytes]:
         assert self.embedded is not None
         process = self.embedded.start().process  # the same port and folder: its AOF
         assert process is not None
         return process
 
-    def _add(self, name: str, args: list[str], env: dict[str, str], logs: Path) -> None:
+    def _add(
+        self,
+        name: str,
+        command: Callable[[int], list[str]],
+        env: dict[str, str],
+        logs: Path,
+    ) -> None:
+        """Start child ``name``: ``command(n)`` is its command line when started ``n`` times
+        before."""
         log = logs / f"{name}.log"
 
-        def spawn() -> subprocess.Popen[bytes]:
+        def spawn(before: int) -> subprocess.Popen[bytes]:
             # own session: Ctrl-C reaches only us, and we stop the children in order
             with log.open("ab") as out:
                 return subprocess.Popen(
-                    args,
+                    command(before),
                     cwd=safe_folder(self.settings.data_dir),
                     env=env,
                     stdin=subprocess.DEVNULL,

@@ -421,6 +421,10 @@ def test_a_dead_child_is_restarted_and_nothing_else_stops(
             assert "worker was killed by SIGKILL; restarting it in 1 s" in cluster.text()
             after = cluster.children()
             assert after["worker"] != before["worker"]
+            worker_line = Path(f"/proc/{after['worker']}/cmdline").read_text().split("\0")
+            assert worker_line[worker_line.index("--hostname") + 1] == "local-2@%h", (
+                "a new name: the dead worker's heartbeat expires and its tiles are re-queued"
+            )
             for name in ("redis", "api", "flower"):
                 assert after[name] == before[name], f"the {name} was restarted too"
             job = client.submit(photo, filename="photo.png", model="realesr-animevideov3")
@@ -465,7 +469,7 @@ def test_a_crash_loop_stops_up_and_says_why(
     log = tmp_path / "crash.log"
     starts: list[int] = []
 
-    def crashing() -> subprocess.Popen[bytes]:
+    def crashing(_before: int) -> subprocess.Popen[bytes]:
         with log.open("ab") as sink:
             child = subprocess.Popen(
                 [sys.executable, "-c", "import sys; print('boom', flush=True); sys.exit(3)"],
@@ -475,7 +479,7 @@ def test_a_crash_loop_stops_up_and_says_why(
         starts.append(child.pid)
         return child
 
-    def steady() -> subprocess.Popen[bytes]:
+    def steady(_before: int) -> subprocess.Popen[bytes]:
         return subprocess.Popen(["sleep", "120"], start_new_session=True)
 
     cluster.children = {
