@@ -76,6 +76,10 @@ DEFAULT_TILE_TIME_LIMIT = 600
 DEFAULT_VISIBILITY_TIMEOUT = 2 * DEFAULT_TILE_TIME_LIMIT
 """Seconds before an unacknowledged task is redelivered; above the longest tile."""
 
+DEFAULT_STOP_GRACE = 120.0
+"""Seconds a stopping worker of ``srcluster up`` may take to finish its tiles (a group of
+``realesrgan-x4plus`` tiles on a few CPU cores takes a minute or two)."""
+
 DEFAULT_MAX_DELIVERIES = 3
 """Deliveries of one tile before its job fails (a tile that kills its worker every time)."""
 
@@ -221,6 +225,10 @@ class Settings:
     flower_user: str = "admin"
     flower_password: str = ""
     """Basic-auth password for Flower; ``srcluster up`` generates one when empty."""
+
+    stop_grace: float = DEFAULT_STOP_GRACE
+    """Seconds ``srcluster up``'s worker has, once asked to stop, to finish its running tiles;
+    then it hands them back to the queue (a cold shutdown) and stops."""
 
     @property
     def model_cache(self) -> Path:
@@ -376,6 +384,8 @@ class Settings:
             raise ConfigError("SRCLUSTER_WEBHOOK_RETRY_DELAY must be positive")
         if self.wait_slots < 0:
             raise ConfigError("SRCLUSTER_WAIT_SLOTS must be 0 (never wait) or positive")
+        if not self.stop_grace >= 0:
+            raise ConfigError("SRCLUSTER_STOP_GRACE must be 0 (hand tiles back at once) or more")
         self.webhook_key()
         if self.api_compat not in API_COMPATS:
             raise ConfigError(
