@@ -6,11 +6,12 @@ from importlib import metadata
 
 from flask import Flask
 
-from api import compat, cors, errors, metrics, routes, ui
+from api import compat, cors, errors, metrics, models, routes, ui
 from api.auth import TokenTable
 from api.celery_client import TaskSender
 from api.services import Services
 from api.waiting import Waits
+from common.cluster.models import ClusterModels
 from common.cluster.store import JobStore
 from common.errors import ConfigError
 from common.models import Registry
@@ -51,11 +52,15 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_bytes + MULTIPART_OVERHEAD
     app.config["SRCLUSTER_MAX_BYTES"] = settings.max_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    store = JobStore.from_settings(settings, connect_timeout=REDIS_CONNECT_TIMEOUT)
+    shared = ClusterModels.from_store(store)
     app.extensions["srcluster"] = Services(
         settings=settings,
         tokens=tokens,
-        store=JobStore.from_settings(settings, connect_timeout=REDIS_CONNECT_TIMEOUT),
-        registry=Registry(settings),
+        admins=TokenTable(settings.admin_token_names()),
+        store=store,
+        registry=Registry(settings, cluster=shared),
+        models=shared,
         sender=TaskSender(settings),
         version=_version(),
         waits=Waits(settings.wait_slots),
@@ -64,5 +69,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     cors.register(app, settings.cors_origin_list())
     app.register_blueprint(routes.bp)
     app.register_blueprint(metrics.bp)
+    app.register_blueprint(models.bp)
     ui.register(app)
     return app

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 from flask import Request, current_app, g, request
 
-from api.errors import TokenMissing, Unauthorized
+from api.errors import Forbidden, TokenMissing, Unauthorized
 from common.cluster.store import token_hash
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -80,6 +80,38 @@ def token_required(view: F) -> F:
     @functools.wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         g.caller = authenticate(request, current_app.extensions["srcluster"].tokens)
+        return view(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def authenticate_admin(req: Request, admins: TokenTable, users: TokenTable) -> Caller:
+    """The admin calling ``req``: its ``name`` is the admin token's.
+
+    Raises:
+        Unauthorized: no token (:class:`TokenMissing`), or one that is neither an admin's
+            nor a user's.
+        Forbidden: a user's token (valid, but not an admin's).
+    """
+    token = token_of(req)
+    if token is None:
+        raise TokenMissing("an admin token is required: send X-Token or Authorization: Bearer")
+    name = admins.check(token)
+    if name is not None:
+        return Caller(owner=token_hash(token), name=name)
+    if users.check(token) is not None:
+        detail = "" if admins else " (none is configured: SRCLUSTER_ADMIN_TOKENS is empty)"
+        raise Forbidden(f"this route needs an admin token{detail}")
+    raise Unauthorized("the token is not valid")
+
+
+def admin_required(view: F) -> F:
+    """Authenticate an admin before ``view``; the caller is ``g.caller``."""
+
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        services = current_app.extensions["srcluster"]
+        g.caller = authenticate_admin(request, services.admins, services.tokens)
         return view(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]

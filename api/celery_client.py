@@ -13,6 +13,7 @@ from celery import Celery
 from common.cluster.protocol import (
     TILE_TASK,
     celery_config,
+    fair_priority,
     stitch_task_id,
     tile_task_id,
 )
@@ -31,8 +32,11 @@ class TaskSender:
         self.app = Celery("srcluster-api", broker=settings.redis_url, set_as_current=False)
         self.app.conf.update(celery_config(settings))
 
-    def send_job(self, job_id: str, groups: int) -> None:
-        """Queue one tile task per group (the worker that lands the last part asks for the stitch)."""
+    def send_job(self, job_id: str, groups: int, backlog: int = 0) -> None:
+        """Queue one tile task per group (the worker that lands the last part asks for the
+        stitch); ``backlog`` is the owner's groups still queued before this job: each group
+        goes at its :func:`~common.cluster.protocol.fair_priority` (with ``fair_share`` on)."""
+        fair = self.settings.fair_share
         with self.app.producer_or_acquire() as producer:
             for group in range(groups):
                 self.app.send_task(
@@ -41,6 +45,7 @@ class TaskSender:
                     queue=self.settings.tile_queue,
                     task_id=tile_task_id(job_id, group),
                     producer=producer,
+                    priority=fair_priority(backlog + group) if fair else 0,
                 )
 
     def revoke(self, job_id: str, groups: int) -> None:

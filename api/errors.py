@@ -6,6 +6,7 @@ The API's own errors extend :mod:`common.errors`'s tree::
     +-- InputError
     |   +-- Unauthorized        no token, or not one we know (401)
     |   |   +-- TokenMissing    no token at all (401; krau mode 422)
+    |   +-- Forbidden           a valid token, but not an admin token, on an admin route (403)
     |   +-- MissingImage        neither file nor url (422; krau mode 400)
     |   +-- NotFound            no such job, or another token's (404)
     |   +-- NotReady            the job has no result yet (409)
@@ -34,7 +35,7 @@ from gunicorn.http.errors import NoMoreData, ParseException
 from werkzeug.exceptions import HTTPException
 
 from common.cluster.blobs import BlobUnavailable
-from common.errors import BadParameter, InputError, SrclusterError
+from common.errors import BadParameter, InputError, QuotaExceeded, SrclusterError
 
 
 class Unauthorized(InputError):
@@ -46,6 +47,13 @@ class Unauthorized(InputError):
 
 class TokenMissing(Unauthorized):
     """The request carries no token at all (neither header)."""
+
+
+class Forbidden(InputError):
+    """A known token on a route that needs an admin token (``SRCLUSTER_ADMIN_TOKENS``)."""
+
+    code = "forbidden"
+    http_status = 403
 
 
 class MissingImage(BadParameter):
@@ -161,7 +169,10 @@ def register(app: Flask, statuses: Mapping[type[SrclusterError], int] | None = N
 
     def from_srcluster(error: SrclusterError) -> Response:
         status = _status(error, overrides)
-        return error_response(status, error.code, error.message, error.detail)
+        response = error_response(status, error.code, error.message, error.detail)
+        if isinstance(error, QuotaExceeded):
+            response.headers["Retry-After"] = str(error.detail["retry_after"])
+        return response
 
     def from_redis(error: redis.RedisError) -> Response:
         current_app.logger.warning("redis error: %s", error)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from api import models
 from common.cluster.store import JobStatus
 from common.models import DEFAULT_MODEL
 from common.params import MAX_PAD, MAX_SCALE, MIN_SCALE
@@ -236,6 +237,7 @@ def document(version: str, settings: Settings) -> dict[str, Any]:
                     },
                 },
             },
+            **models.openapi_paths(settings.model_max_bytes),
             "/openapi.json": {
                 "get": {
                     "summary": "This document",
@@ -260,7 +262,7 @@ def document(version: str, settings: Settings) -> dict[str, Any]:
                 "token": {"type": "apiKey", "in": "header", "name": "X-Token"},
                 "bearer": {"type": "http", "scheme": "bearer"},
             },
-            "schemas": _schemas(),
+            "schemas": {**_schemas(), **models.openapi_schemas()},
         },
     }
 

@@ -130,6 +130,10 @@ def _check_fields() -> None:
             for a plain field.
     """
     names = set(request.form) | set(request.files)
+    if None in names or "" in names:  # a part whose Content-Disposition names nothing
+        raise BadParameter(
+            "a form part has no name: each part needs Content-Disposition: form-data; name=..."
+        )
     unknown = sorted(names - SUBMIT_FIELDS)
     if unknown:
         hints = {n: m[0] for n in unknown if (m := difflib.get_close_matches(n, SUBMIT_FIELDS, 1))}
@@ -233,7 +237,8 @@ def submit() -> Response:
     estimate = jobs.estimate_job(svc.store, svc.registry, prepared.plan, capacity.slots)
     if svc.settings.estimate_check:
         refuse_too_long(estimate, timeout, svc.settings.max_timeout)
-    jobs.submit(
+    jobs.admit(svc.store, svc.settings, g.caller.owner, prepared)
+    backlog = jobs.submit(
         svc.store,
         prepared,
         params,
@@ -244,7 +249,7 @@ def submit() -> Response:
         callback_url=callback_url,
     )
     try:
-        svc.sender.send_job(prepared.job_id, prepared.plan.group_count)
+        svc.sender.send_job(prepared.job_id, prepared.plan.group_count, backlog)
         svc.store.commit(prepared.job_id)
     except Exception as exc:
         current_app.logger.exception("could not queue job %s", prepared.job_id)

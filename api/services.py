@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from api.auth import TokenTable
 from api.celery_client import TaskSender
 from api.waiting import Waits
+from common.cluster.models import ClusterModels
 from common.cluster.store import JobStore
 from common.models import Registry
 from common.settings import Settings
@@ -18,8 +19,12 @@ class Services:
 
     settings: Settings
     tokens: TokenTable
+    admins: TokenTable
+    """The admin tokens (``SRCLUSTER_ADMIN_TOKENS``): adding and deleting cluster models."""
     store: JobStore
     registry: Registry
+    """Built-ins, the cluster's models (:attr:`models`) and this host's."""
+    models: ClusterModels
     sender: TaskSender
     version: str
     waits: Waits

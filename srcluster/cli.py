@@ -19,6 +19,7 @@ from common.models import Registry
 from common.params import UpscaleParams, parse_params
 from common.pipeline import upscale_bytes
 from common.settings import Settings
+from srcluster import models as commands_models
 from srcluster import submit
 from srcluster.options import (
     add_upscale_options,
@@ -65,11 +66,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     cluster.add_argument("--no-flower", action="store_true", help="do not start Flower")
 
-    models = commands.add_parser("models", help="list models, or register one with 'models add'")
+    models = commands.add_parser(
+        "models",
+        help="list models, or register one with 'models add'",
+        description="With SRCLUSTER_REDIS_URL set, the cluster's models: 'add' and 'rm' change "
+        "them for every host. Without it, this host's.",
+    )
     model_commands = models.add_subparsers(dest="models_command")
     add = model_commands.add_parser("add", help="register an ONNX super-resolution model")
     add.add_argument("name")
     add.add_argument("path", type=Path)
+    add.add_argument("--description", default="", help="one line shown by GET /models")
+    add.add_argument(
+        "--replace", action="store_true", help="replace the model of that name if there is one"
+    )
+    rm = model_commands.add_parser("rm", help="delete a cluster model (SRCLUSTER_REDIS_URL)")
+    rm.add_argument("name")
     return parser
 
 
@@ -174,18 +186,21 @@ def _cmd_upscale(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_models(args: argparse.Namespace, settings: Settings) -> int:
+    if settings.redis_url:
+        return commands_models.cluster_models(args, settings)
     registry = Registry(settings)
     if args.models_command == "add":
-        spec = registry.add(args.name, args.path)
-        print(f"registered {spec.name}: x{spec.scale}")
-        return 0
-    print(f"{'name':28} {'scale':>5} {'source':8} {'pad':>4} {'tile':>5}  onnx")
-    for spec in registry.specs():
-        cached = "cached" if registry.is_cached(spec.name) else "converted on first use"
-        print(
-            f"{spec.name:28} {spec.scale:>5} {spec.source:8} {spec.default_pad:>4} {spec.max_tile:>5}  {cached}"
+        spec = registry.add(
+            args.name, args.path, description=args.description, replace=args.replace
         )
-    return 0
+        print(f"registered {spec.name} on this host: x{spec.scale}")
+        return 0
+    if args.models_command == "rm":
+        raise BadParameter(
+            "models rm deletes a cluster model: set SRCLUSTER_REDIS_URL to the cluster's Redis",
+            parameter="name",
+        )
+    return commands_models.print_models(registry)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -65,9 +65,9 @@ def api_command(host: str, port: int, workers: int = API_WORKERS) -> list[str]:
 
 
 def flower_command(host: str, port: int) -> list[str]:
-    """Flower on the cluster's broker; its password goes in ``FLOWER_BASIC_AUTH``, never here."""
-    return [sys.executable, "-m", "celery", "-A", "worker", "flower",
-            f"--port={port}", f"--address={host}"]  # fmt: skip
+    """Flower on the cluster's broker with every route behind basic auth (:mod:`srcluster.flower`);
+    its password goes in ``FLOWER_BASIC_AUTH``, never here."""
+    return [sys.executable, "-m", "srcluster.flower", f"--port={port}", f"--address={host}"]
 
 
 def code_root() -> Path:

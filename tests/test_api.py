@@ -255,7 +255,7 @@ def test_openapi_describes_every_route(app: Flask, client: FlaskClient) -> None:
     doc = reply.json
     assert doc["openapi"].startswith("3.1")
     described = {
-        (path.replace("{task_id}", "<job_id>"), method.upper())
+        (re.sub(r"\{(\w+)\}", r"<\1>", path.replace("{task_id}", "<job_id>")), method.upper())
         for path, item in doc["paths"].items()
         for method in item
         if method != "parameters"
@@ -417,6 +417,20 @@ def test_both_file_and_url_is_422(client: FlaskClient) -> None:
 def test_file_as_a_plain_field_is_422(client: FlaskClient) -> None:
     reply = client.post("/sr", data={"file": "not an upload"}, headers=as_user(ALICE))
     assert_error(reply, 422, "bad_parameter")
+
+
+def test_a_form_part_without_a_name_is_422(client: FlaskClient) -> None:
+    # found by the fuzz test: werkzeug keys such a part under None
+    body = (
+        b"--b\r\nContent-Disposition: form-data\r\n\r\nx\r\n"
+        b'--b\r\nContent-Disposition: form-data; name="model"\r\n\r\n'
+        + MODEL.encode()
+        + b"\r\n--b--\r\n"
+    )
+    reply = client.post(
+        "/sr", data=body, content_type="multipart/form-data; boundary=b", headers=as_user(ALICE)
+    )
+    assert "no name" in assert_error(reply, 422, "bad_parameter")["message"]
 
 
 def test_empty_file_is_415(client: FlaskClient) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from common.cluster import jobs
-from common.cluster.blobs import Blobs, BlobUnavailable, open_blobs
+from common.cluster.blobs import MODELS, Blobs, BlobUnavailable, open_blobs
 from common.cluster.blobs.files import FileBlobs
 from common.cluster.records import JobStatus, WindowRead
 from common.cluster.store import JobStore
@@ -104,6 +104,14 @@ def test_sweep_removes_only_what_is_older_than_the_ttl(blobs: Blobs) -> None:
     # S3 dates are in whole seconds: the new one may look up to 1 s older than it is
     assert blobs.sweep(max_age=2.5) >= 1
     assert blobs.names(old) == [] and blobs.get(new, "out-0") == b"new"
+
+
+def test_sweep_keeps_the_clusters_models(blobs: Blobs) -> None:
+    blobs.put(MODELS, "0" * 64, b"onnx bytes")
+    blobs.put(job(), "out-0", b"old")
+    time.sleep(1.5)  # S3 dates are whole seconds
+    assert blobs.sweep(max_age=0) == 1
+    assert blobs.get(MODELS, "0" * 64) == b"onnx bytes"
 
 
 def test_file_writes_are_atomic_under_concurrent_reads(tmp_path: Path) -> None:

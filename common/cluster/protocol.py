@@ -37,6 +37,25 @@ def broker_lists(queue: str) -> list[str]:
     return [queue] + [f"{queue}{BROKER_PRIORITY_SEP}{step}" for step in BROKER_PRIORITY_STEPS[1:]]
 
 
+FAIR_SHARE_STEPS = ((4, 0), (16, 3), (64, 6))
+"""``(rank below, priority)``: a token's first 4 queued groups go at priority 0 (kombu's
+Redis transport pops 0 first), its next 12 at 3, the next 48 at 6, the rest at 9."""
+
+RESEND_PRIORITY = 0
+"""Priority of a group a janitor sends again (a dead host's or a stalled job's): it is late."""
+
+
+def fair_priority(rank: int) -> int:
+    """Priority of a token's group that has ``rank`` of the token's groups queued before it
+    (its unfinished jobs' and this job's earlier ones): a token with a large backlog waits
+    behind the first groups of every other token's, not the whole backlog (see README,
+    "Fair shares")."""
+    for below, priority in FAIR_SHARE_STEPS:
+        if rank < below:
+            return priority
+    return BROKER_PRIORITY_STEPS[-1]
+
+
 def tile_task_id(job_id: str, group: int) -> str:
     """The Celery task id of a job's group: derived, so revoking needs only the job id."""
     return f"{job_id}-{group}"

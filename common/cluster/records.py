@@ -64,6 +64,10 @@ class GroupStart:
     started_parts: int = 0
     """Parts of the job started at least once so far, this group's included (0 when the job
     had ended or was past its deadline)."""
+    already_done: bool = False
+    """Every part of the group was done before: a duplicate message, skipped (nothing counted)."""
+    landed: bool = False
+    """With ``already_done``: every part of the job has landed, so it only lacks its stitch."""
 
 
 def token_hash(token: str) -> str:

@@ -52,8 +52,10 @@ channel, not a key) for requests waiting on it (:mod:`common.cluster.events`).
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -106,6 +108,51 @@ HEALTH = "srcluster:healthz"
 RESULT_CHUNK = 1 << 20
 """Bytes of a result streamed from a blob store at a time (a download's memory)."""
 
+REDIS_VALUE_LIMIT = 512 * 1024 * 1024
+"""Redis's default ``proto-max-bulk-len``: a larger value is refused (its connection cut)."""
+
+TOKEN_JOBS = "srcluster:token-jobs:"
+"""+ owner: sorted set of the token's job keys by creation (finished ones pruned at submit)."""
+
+TOKEN_PIXELS = "srcluster:token-pixels:"
+"""+ owner: sorted set of ``"<job id> <input pixels>"`` by creation, for the hourly budget."""
+
+HOUR = 3600.0
+
+
+_PASSING_REFUSAL = re.compile(
+    r"(^|-)(MISCONF|READONLY|NOREPLICAS|OOM|BUSY|MASTERDOWN|TRYAGAIN|CLUSTERDOWN|LOADING)\b"
+)
+
+
+def refused_for_now(error: BaseException) -> bool:
+    """Whether Redis refused a command for a passing reason (it cannot persist, has too few
+    replicas, is a replica or out of memory, runs a slow script): retry, do not fail jobs.
+    Inside a script the refused command is the first write, so nothing was changed."""
+    if isinstance(error, redis.ReadOnlyError | redis.OutOfMemoryError):
+        return True
+    return isinstance(error, redis.ResponseError) and bool(_PASSING_REFUSAL.search(str(error)))
+
+
+class ResultTooLarge(Exception):
+    """A job's encoded result is over what one Redis value may hold."""
+
+    def __init__(self, message: str, **detail: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a token may not submit now: ``reason`` (``jobs`` or ``pixels``), the limit, what
+    is in use, and ``retry_after`` seconds (``None``: never, the job alone is over it)."""
+
+    reason: str
+    limit: int
+    used: int
+    retry_after: float | None
+
 
 class JobStore(WorkerRegistry):
     """All of srcluster's Redis reads and writes of jobs, and of their blobs.
@@ -125,6 +172,8 @@ class JobStore(WorkerRegistry):
         self._begin_group = client.register_script(lua.BEGIN_GROUP)
         self._forget_dead = client.register_script(lua.FORGET_DEAD)
         self._record_outputs = client.register_script(lua.RECORD_OUTPUTS)
+        self._take_orphans = client.register_script(lua.TAKE_ORPHANS)
+        self._value_limit: int | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, connect_timeout: float | None = None) -> JobStore:
@@ -203,11 +252,12 @@ class JobStore(WorkerRegistry):
         estimate: float | None = None,
         callback_url: str | None = None,
         commit_within: float | None = None,
+        pixels: int = 0,
     ) -> None:
         """Record a new ``pending`` job of ``parts`` parts (in ``groups`` tasks; default one
         per part) with its input, all expiring after the TTL; ``estimate`` is its estimated
         seconds of inference; ``callback_url`` (checked by the caller) is posted the job's
-        status when it ends.
+        status when it ends; ``pixels`` (its input's) count in the owner's hourly budget.
 
         ``strips`` are ``(plane, column, raw bytes)`` (see the key layout). One
         transaction: a job is recorded whole or not at all (with a blob store, the
@@ -249,6 +299,11 @@ class JobStore(WorkerRegistry):
         pipe.hset(self.key(job_id), mapping=record)
         pipe.expire(self.key(job_id), self.ttl)
         pipe.zadd(ACTIVE, {self.key(job_id): record["deadline"]})
+        pipe.zadd(TOKEN_JOBS + owner, {self.key(job_id): now})
+        pipe.expire(TOKEN_JOBS + owner, self.ttl)
+        if pixels > 0:
+            pipe.zadd(TOKEN_PIXELS + owner, {f"{job_id} {pixels}": now})
+            pipe.expire(TOKEN_PIXELS + owner, int(HOUR) + 60)
         pipe.hincrby(STATS, f"jobs:{JobStatus.PENDING.value}", 1)
         try:
             pipe.execute()
@@ -370,12 +425,34 @@ class JobStore(WorkerRegistry):
             self.drop_tiles(job_id)
         return changed
 
+    def value_limit(self) -> int:
+        """The largest value this Redis takes (``proto-max-bulk-len``; 512 MiB where
+        ``CONFIG`` is refused), read once."""
+        if self._value_limit is None:
+            try:
+                found = self.redis.config_get("proto-max-bulk-len")
+                self._value_limit = int(next(iter(found.values())))
+            except (redis.ResponseError, StopIteration, ValueError):
+                self._value_limit = REDIS_VALUE_LIMIT
+        return self._value_limit
+
     def succeed(self, job_id: str, result: bytes, output: Mapping[str, Any]) -> bool:
         """Store the final image and end the job ``success`` (counting the stitch, and its
-        time since submission in the job latency histogram); a second call changes nothing."""
+        time since submission in the job latency histogram); a second call changes nothing.
+
+        Raises:
+            ResultTooLarge: the result is in Redis and over its value limit (nothing changed).
+        """
         status, created, params = self.redis.hmget(self.key(job_id), "status", "created", "params")
         if status is None or JobStatus(status.decode()).finished:
             return False
+        if self.blobs is None and len(result) > self.value_limit():
+            raise ResultTooLarge(
+                f"the result is {len(result)} bytes, over the {self.value_limit()} bytes one "
+                "Redis value may hold: set SRCLUSTER_BLOB_URL to keep results in a blob store",
+                size=len(result),
+                limit=self.value_limit(),
+            )
         if self.blobs is None:
             self.redis.set(self.key(job_id, "result"), result, ex=self.ttl)
         else:
@@ -459,13 +536,15 @@ class JobStore(WorkerRegistry):
         """Start a group of parts, in one round trip: count a delivery of each, note
         ``runner`` (``host:pid``) as running them, mark the job ``processing`` and
         read their input windows (see :class:`GroupStart` for when it does not): inside
-        the script, or, with a blob store, from it once the script said go.
+        the script, or, with a blob store, from it once the script said go. A group
+        whose parts are all done already changes nothing (``already_done``).
         """
         keys = [
             self.key(job_id),
             self.key(job_id, "deliveries"),
             self.key(job_id, "running"),
             STATS,
+            self.key(job_id, "done"),
         ]
         if self.blobs is None:
             keys += [self.key(job_id, "in", r.plane, r.column) for r in reads]
@@ -475,6 +554,11 @@ class JobStore(WorkerRegistry):
         reply = self._begin_group(keys=keys, args=args)
         status = JobStatus(reply[0].decode()) if reply[0] else None
         started = int(reply[4]) if len(reply) > 4 else 0
+        if len(reply) > 5 and int(reply[5]) == 0:
+            landed = len(reply) > 6 and int(reply[6]) == 1
+            return GroupStart(
+                status, float(reply[1]), 0, -1, None, started, already_done=True, landed=landed
+            )
         windows: list[bytes] | None = None
         if len(reply) > 5 and self.blobs is None:
             windows = [bytes(w) for w in reply[6:]]
@@ -596,6 +680,149 @@ class JobStore(WorkerRegistry):
     def mark_stitch_requested(self, job_id: str, when: float) -> None:
         """Note that a stitch was re-sent for the job at ``when``."""
         self.redis.hset(self.key(job_id), "stitch_requested", when)
+
+    def begin_stitch(self, job_id: str) -> int:
+        """Count a stitch starting on the job and note when; returns the starts so far."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hincrby(self.key(job_id), "stitch_attempts", 1)
+        pipe.hset(self.key(job_id), "stitching", time.time())
+        return int(pipe.execute()[0])
+
+    def stitching_since(self, job_ids: list[str]) -> list[float | None]:
+        """When a stitch last started on each job, in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hget(self.key(job_id), "stitching")
+        return [None if v is None else float(v) for v in pipe.execute()] if job_ids else []
+
+    # --- recovery (:mod:`common.cluster.recovery`) ------------------------------------
+
+    def take_orphans(
+        self,
+        job_id: str,
+        *,
+        every: bool,
+        fresh: float,
+        grace: float,
+        leave: Iterable[int] = (),
+    ) -> list[int]:
+        """Take over the job's unfinished parts that no live worker holds, atomically: those
+        started by a worker whose heartbeat is gone, and with ``every`` also those never
+        started or re-queued over ``fresh`` seconds ago, except ``leave``. Each is marked
+        re-queued (no other caller takes it within ``fresh``), and the job's deadline is
+        moved to at least ``grace`` seconds from now. Returns the parts taken."""
+        keys = [
+            self.key(job_id),
+            self.key(job_id, "running"),
+            self.key(job_id, "done"),
+            WORKERS,
+            ACTIVE,
+        ]
+        args: list[str | float | int] = [time.time(), "all" if every else "started"]
+        args += [fresh, grace, self.ttl, *leave]
+        return [int(p) for p in self._take_orphans(keys=keys, args=args)]
+
+    def progress_marks(self, job_ids: list[str]) -> list[tuple[float, float | None, int]]:
+        """``(last progress, estimate, groups)`` of each job, in one round trip: the last
+        progress is when a part last started or landed (its creation, before any)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hmget(self.key(job_id), "created", "touched", "estimate", "groups")
+        marks = []
+        for created, touched, estimate, groups in pipe.execute() if job_ids else []:
+            last = max(float(created or 0), float(touched or 0))
+            marks.append((last, None if estimate is None else float(estimate), int(groups or 1)))
+        return marks
+
+    def count_stall(self, job_id: str) -> int:
+        """Count one more re-queue of a stalled job; returns how many so far."""
+        return int(self.redis.hincrby(self.key(job_id), "stalls", 1))
+
+    def queued_tasks(self, queue: str) -> set[str]:
+        """Ids of the tasks waiting in ``queue``'s broker lists (not those a worker took)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for key in broker_lists(queue):
+            pipe.lrange(key, 0, -1)
+        found = set()
+        for messages in pipe.execute():
+            for raw in messages:
+                try:
+                    found.add(str(json.loads(raw)["headers"]["id"]))
+                except (ValueError, KeyError, TypeError):
+                    continue  # not a Celery message of ours
+        return found
+
+    def claim(self, name: str, seconds: float) -> bool:
+        """Whether this caller is the one (of all janitors) to do ``name`` in the next
+        ``seconds`` (``SET NX``)."""
+        return bool(self.redis.set(f"srcluster:claim:{name}", 1, nx=True, px=int(seconds * 1000)))
+
+    # --- per-token limits -------------------------------------------------------------
+
+    def backlog(self, owner: str) -> int:
+        """Groups of the token's unfinished jobs not yet done (parts left over group size),
+        in two round trips."""
+        keys = [k for k in self.redis.zrange(TOKEN_JOBS + owner, 0, -1)]
+        if not keys:
+            return 0
+        pipe = self.redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.hmget(key, "status", "parts", "groups")
+            pipe.scard(key + b":done")
+        replies = pipe.execute()
+        left = 0
+        for (status, parts, groups), done in zip(replies[::2], replies[1::2], strict=True):
+            if status is None or JobStatus(status.decode()).finished:
+                continue
+            size = -(-int(parts) // max(1, int(groups or parts)))
+            left += -(-(int(parts) - int(done)) // max(1, size))
+        return left
+
+    def admit(self, owner: str, pixels: int, max_jobs: int, pixels_per_hour: int) -> Refusal | None:
+        """Whether the token ``owner`` (its hash) may submit a job of ``pixels`` input
+        pixels: ``None``, or why not. Prunes the token's ended jobs as it counts.
+
+        Not atomic with :meth:`create`: concurrent submits of one token may pass the
+        limits by as many requests as race (each API thread checks, then records).
+        """
+        now = time.time()
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zrange(TOKEN_JOBS + owner, 0, -1, withscores=True)
+        pipe.zremrangebyscore(TOKEN_PIXELS + owner, "-inf", now - HOUR)
+        pipe.zrange(TOKEN_PIXELS + owner, 0, -1, withscores=True)
+        jobs, _, spent = pipe.execute()
+        pipe = self.redis.pipeline(transaction=False)
+        for key, _ in jobs:
+            pipe.hmget(key, "status", "created", "estimate")
+        unfinished: list[float] = []
+        ended = []
+        for (key, _), (status, created, estimate) in zip(
+            jobs, pipe.execute() if jobs else [], strict=True
+        ):
+            if status is None or JobStatus(status.decode()).finished:
+                ended.append(key)
+            else:
+                unfinished.append(float(created) + float(estimate or 0))
+        if ended:
+            self.redis.zrem(TOKEN_JOBS + owner, *ended)
+        if len(unfinished) >= max_jobs:
+            # the soonest estimated end of a job in flight, within 1..60 s
+            soonest = min(unfinished) - now
+            return Refusal("jobs", max_jobs, len(unfinished), min(60.0, max(1.0, soonest)))
+        if pixels_per_hour <= 0:
+            return None
+        entries = [(int(member.decode().rpartition(" ")[2]), float(at)) for member, at in spent]
+        used = sum(n for n, _ in entries)
+        if used + pixels <= pixels_per_hour:
+            return None
+        if pixels > pixels_per_hour:
+            return Refusal("pixels", pixels_per_hour, used, None)
+        freed = used
+        for n, at in sorted(entries, key=lambda e: e[1]):
+            freed -= n
+            if freed + pixels <= pixels_per_hour:
+                return Refusal("pixels", pixels_per_hour, used, max(1.0, at + HOUR - now))
+        return Refusal("pixels", pixels_per_hour, used, HOUR)
 
     def sweep_blobs(self) -> int:
         """Delete blobs older than the result TTL (those of expired jobs, or left by a

@@ -119,9 +119,12 @@ class WorkerRegistry:
         """Tile processes across the workers that announced themselves recently."""
         return sum(info.slots for info in self.workers_up().values())
 
-    def forget_dead_workers(self) -> None:
+    def forget_dead_workers(self) -> list[str]:
         """Drop the heartbeats that expired (the janitor's housekeeping; atomic, so a worker
-        announcing itself meanwhile is never forgotten)."""
-        self._forget_dead(
+        announcing itself meanwhile is never forgotten); returns the names dropped. Of
+        janitors calling at once, each name goes to exactly one, which re-queues the
+        tiles that worker was running (:mod:`common.cluster.recovery`)."""
+        dead = self._forget_dead(
             keys=[WORKERS, WORKER_SLOTS, WORKER_ENGINES, WORKER_SPEEDS], args=[time.time()]
         )
+        return [name.decode() for name in dead]

@@ -86,8 +86,9 @@ _engines: dict[tuple[str, str, str, str, str, int], GuardedEngine] = {}
 _engines_lock = threading.Lock()
 
 
-def get_engine(name: str, settings: Settings) -> GuardedEngine:
-    """The process-wide engine for model ``name`` under ``settings``, built on first use.
+def get_engine(name: str, settings: Settings, registry: Registry | None = None) -> GuardedEngine:
+    """The process-wide engine for model ``name`` under ``settings``, built on first use;
+    ``registry`` finds the model (default: this host's, ``Registry(settings)``).
 
     Engine and precision follow :func:`common.engines.select.choose`; an
     automatic pick that fails the quality probe (:func:`select.verify`) is
@@ -97,9 +98,10 @@ def get_engine(name: str, settings: Settings) -> GuardedEngine:
     Raises:
         UnknownModel: no such model.
         ConfigError: the engine or precision asked for is not offered here (int8 never is).
-        ModelError / ConversionError: the model cannot be prepared or loaded.
+        ModelError / ConversionError: the model cannot be prepared or loaded
+            (ModelUnavailable: a cluster model's bytes are missing or corrupt).
     """
-    registry = Registry(settings)
+    registry = registry or Registry(settings)
     spec = registry.get(name)
     threads = settings.session_threads()
     # A single lock: two threads asking for the same new model must not both convert it.

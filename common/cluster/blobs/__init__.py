@@ -37,6 +37,10 @@ from common.settings import Settings, check_blob_url
 RESULT = "result"
 """The name of a job's encoded final image."""
 
+MODELS = "models"
+"""The scope (in place of a job id) of the cluster's model bytes, one blob per sha256
+(:mod:`common.cluster.models`): never a job's, never swept."""
+
 SWEEP_INTERVAL = 600
 """Seconds between two sweeps of old blobs (one janitor in the cluster does each)."""
 

@@ -26,10 +26,11 @@ import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from common.cluster.blobs import RESULT, Blobs, BlobUnavailable
+from common.cluster.blobs import MODELS, RESULT, Blobs, BlobUnavailable
 
 JOB_FOLDER = re.compile(r"^[0-9a-f]{32}$")
-"""A job's folder name (``uuid4().hex``); the sweep touches nothing else in the root."""
+"""A job's folder name (``uuid4().hex``); the sweep touches nothing else in the root (so
+the cluster's models, in the folder ``models``, stay)."""
 
 WRITE_ATTEMPTS = 5
 """Tries of one write whose temporary file vanished (the job's folder was dropped meanwhile);
@@ -49,7 +50,7 @@ class FileBlobs(Blobs):
             raise BlobUnavailable(f"blob folder {self.root}: {error}") from error
 
     def folder(self, job_id: str) -> Path:
-        if not JOB_FOLDER.match(job_id):
+        if not JOB_FOLDER.match(job_id) and job_id != MODELS:
             raise ValueError(f"not a job id: {job_id!r}")
         return self.root / job_id
 

@@ -12,7 +12,8 @@ is one ranged GET (``Range: bytes=first-last``), and a result is streamed out
 of the GET's body in chunks. A group's reads and writes overlap in a few
 threads (one boto3 client is thread-safe). The bucket must exist; srcluster
 never creates one. The sweep lists the prefix and deletes objects older than
-the result TTL; an S3 lifecycle rule on the prefix (expire after a day or two)
+the result TTL, but for the cluster's models (``prefix/models/``); an S3
+lifecycle rule on the prefix (expire after a day or two, excluding ``models/``)
 does the same without the listing.
 """
 
@@ -24,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar
 
-from common.cluster.blobs import Blobs, BlobUnavailable
+from common.cluster.blobs import MODELS, Blobs, BlobUnavailable
 from common.errors import ConfigError
 
 THREADS = 8
@@ -168,7 +169,12 @@ class S3Blobs(Blobs):
 
     def sweep(self, max_age: float) -> int:
         cutoff = datetime.now(UTC) - timedelta(seconds=max_age)
-        old = [o["Key"] for o in self._objects(self.prefix) if o["LastModified"] < cutoff]
+        models = self.key(MODELS)  # the cluster's models are kept until deleted
+        old = [
+            o["Key"]
+            for o in self._objects(self.prefix)
+            if o["LastModified"] < cutoff and not o["Key"].startswith(models)
+        ]
         self._delete_keys(old)
         return len(old)
 
