@@ -14,19 +14,24 @@ The API's own errors extend :mod:`common.errors`'s tree::
     +-- Unavailable             Redis or the blob store does not answer (503)
 
 werkzeug's HTTP exceptions (unknown route, wrong method, body over
-``MAX_CONTENT_LENGTH``) get the same shape; anything unexpected is logged and
-answered ``500 internal`` without its details. :func:`register` may be given
+``MAX_CONTENT_LENGTH``) get the same shape, and so does a body gunicorn cannot
+read (a malformed chunk, a client that stops sending: ``400 bad_request``);
+gunicorn's own refusals before the app runs are written by :mod:`api.server`
+with :func:`error_body`. A 503 says when to retry (``Retry-After``). Anything
+unexpected is logged and answered ``500 internal`` without its details. :func:`register` may be given
 other statuses for some error classes (``api.compat``'s krau mode); codes,
 messages and details stay as they are.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
 import redis
 from flask import Flask, Response, current_app, jsonify
+from gunicorn.http.errors import NoMoreData, ParseException
 from werkzeug.exceptions import HTTPException
 
 from common.cluster.blobs import BlobUnavailable
@@ -93,6 +98,19 @@ _HTTP_CODES = {
 }
 
 
+RETRY_AFTER = 5
+"""Seconds a 503 asks the client to wait before trying again."""
+
+UNREADABLE_BODY = (ParseException, NoMoreData, TimeoutError)
+"""What reading a request's body raises under gunicorn when the client sent a malformed
+chunked body, closed early, or paused longer than :data:`api.server.BODY_IDLE_SECONDS`."""
+
+
+def error_body(code: str, message: str, detail: dict[str, Any] | None = None) -> bytes:
+    """The JSON error body, for what answers outside Flask (:mod:`api.server`)."""
+    return json.dumps({"code": code, "message": message, "detail": detail or {}}).encode()
+
+
 def error_response(
     status: int, code: str, message: str, detail: dict[str, Any] | None = None
 ) -> Response:
@@ -100,6 +118,8 @@ def error_response(
     response.status_code = status
     if status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="srcluster"'
+    if status == 503:
+        response.headers["Retry-After"] = str(RETRY_AFTER)
     return response
 
 
@@ -127,6 +147,16 @@ def _from_http(error: HTTPException) -> Response:
     return response
 
 
+def _from_unreadable(error: Exception) -> Response:
+    current_app.logger.info("unreadable request body: %r", error)
+    said = str(error).strip() or error.__class__.__name__
+    if isinstance(error, TimeoutError):
+        said = "the client stopped sending it"
+    return error_response(
+        400, "bad_request", f"the request body could not be read: {said}", {"error": said}
+    )
+
+
 def _from_anything(error: Exception) -> Response:
     current_app.logger.exception("unexpected error", exc_info=error)
     return error_response(500, "internal", "internal error; the server log has the details")
@@ -146,6 +176,10 @@ def register(app: Flask, statuses: Mapping[type[SrclusterError], int] | None = N
 
     def from_redis(error: redis.RedisError) -> Response:
         current_app.logger.warning("redis error: %s", error)
+        if isinstance(error, redis.exceptions.OutOfMemoryError | redis.exceptions.ReadOnlyError):
+            return from_srcluster(
+                Unavailable("the job store (Redis) refuses writes (it is full); try again later")
+            )
         return from_srcluster(Unavailable("the job store (Redis) does not answer; try again later"))
 
     def from_blobs(error: BlobUnavailable) -> Response:
@@ -156,4 +190,6 @@ def register(app: Flask, statuses: Mapping[type[SrclusterError], int] | None = N
     app.register_error_handler(HTTPException, _from_http)
     app.register_error_handler(redis.RedisError, from_redis)
     app.register_error_handler(BlobUnavailable, from_blobs)
+    for kind in UNREADABLE_BODY:
+        app.register_error_handler(kind, _from_unreadable)
     app.register_error_handler(Exception, _from_anything)

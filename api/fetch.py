@@ -4,7 +4,9 @@ Rules: those of :mod:`common.cluster.egress` (http(s) only, no credentials,
 every address the host resolves to public, the connection pinned to the
 checked address); redirects are followed by hand, each hop checked the same
 way, at most :data:`MAX_REDIRECTS`; the body is read in chunks up to
-``max_bytes``; the whole fetch has one deadline.
+``max_bytes``; the whole fetch has one deadline, which covers connecting, the
+status line and headers (a server dripping a header a second is cut off at it,
+by a watchdog that shuts the socket) and the body.
 
 Every refusal is a :class:`~common.errors.BadParameter` naming ``url`` (422),
 or :class:`~common.errors.ImageTooLarge` (413) for a body over the limit.
@@ -12,7 +14,10 @@ or :class:`~common.errors.ImageTooLarge` (413) for a body over the limit.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
+import socket
+import threading
 import time
 from typing import Any
 from urllib.parse import urljoin
@@ -86,14 +91,46 @@ def _get(
     except Refused as refused:
         raise _refuse(refused.message, url) from None
     conn = connect(target, timeout=_remaining(deadline, url))
+    watchdog = _Watchdog(conn, _remaining(deadline, url))
     try:
         conn.request("GET", target.path, headers={"User-Agent": USER_AGENT, "Accept": "image/*"})
         response = conn.getresponse()
         if response.status != 200:
-            return response.status, response.getheader("Location"), b""
-        return 200, None, _read_body(response, max_bytes, deadline, conn, url)
+            found = response.status, response.getheader("Location"), b""
+        else:
+            found = 200, None, _read_body(response, max_bytes, deadline, conn, url)
+    except (OSError, http.client.HTTPException):
+        if watchdog.fired:
+            raise TimeoutError from None
+        raise
     finally:
+        watchdog.cancel()
         conn.close()
+    if watchdog.fired:  # the body may have ended at the shutdown: it is cut short
+        raise TimeoutError
+    return found
+
+
+class _Watchdog:
+    """Shuts ``conn``'s socket down after ``seconds``: socket timeouts bound each read,
+    not a status line and headers that arrive a byte at a time."""
+
+    def __init__(self, conn: http.client.HTTPConnection, seconds: float) -> None:
+        self._conn = conn
+        self.fired = False
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _fire(self) -> None:
+        self.fired = True
+        sock = self._conn.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
 
 
 def _remaining(deadline: float, url: str) -> float:

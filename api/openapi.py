@@ -32,7 +32,10 @@ _UNAUTHORIZED = _error("no token, or an unknown one (`unauthorized`)")
 _NOT_FOUND = _error(
     "no such job for this token: malformed, missing, expired or another token's (`not_found`)"
 )
-_UNAVAILABLE = _error("Redis or the task queue does not answer (`unavailable`)")
+_UNAVAILABLE = _error(
+    "Redis or the task queue does not answer, or Redis refuses writes (full): "
+    "`unavailable`, with `Retry-After`"
+)
 
 _PREFER = {
     "name": "Prefer",
@@ -82,7 +85,7 @@ def document(version: str, settings: Settings) -> dict[str, Any]:
                     "security": _NO_AUTH,
                     "responses": {
                         "200": _ok("Redis answers", "Health"),
-                        "503": _ok("Redis does not answer", "Health"),
+                        "503": _ok("Redis does not answer, or refuses writes", "Health"),
                     },
                 }
             },
@@ -155,10 +158,14 @@ def document(version: str, settings: Settings) -> dict[str, Any]:
                                 }
                             },
                         },
-                        "400": _error("a malformed multipart body (`bad_request`)"),
+                        "400": _error(
+                            "a malformed multipart or chunked body, or one that stopped "
+                            "arriving (`bad_request`)"
+                        ),
                         "401": _UNAUTHORIZED,
                         "413": _error(
-                            f"the file (over {settings.max_bytes} bytes) or its pixels are over a limit (`too_large`)"
+                            f"the file (over {settings.max_bytes} bytes) or its pixels are over a limit, or its "
+                            "structure over a decode bound: PNG chunks, JPEG scans (`too_large`)"
                         ),
                         "415": _error(
                             "not an image we read, damaged, or empty (`unsupported_image`)"
@@ -171,8 +178,10 @@ def document(version: str, settings: Settings) -> dict[str, Any]:
                             "`detail.fields`) or one given twice, two file parts; an animated image "
                             "or a multi-page TIFF (`animated_image`: refused, not cut to one frame); "
                             "a job whose estimated inference time exceeds its timeout "
-                            "(`job_too_long`, `detail.estimate` and `detail.formula`). "
-                            "`detail.parameter` names the field"
+                            "(`job_too_long`, `detail.estimate` and `detail.formula`); `tile_pad` "
+                            "over the tile, too many tiles, an output side over the format's "
+                            "limit or a result estimated over the size limit (`bad_parameter`, "
+                            "`detail.limit`). `detail.parameter` names the field"
                         ),
                         "503": _UNAVAILABLE,
                     },

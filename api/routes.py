@@ -11,15 +11,15 @@ from flask import Blueprint, Response, current_app, g, jsonify, redirect, reques
 
 from api import compat, openapi, waiting
 from api.auth import authenticate, token_of, token_required
-from api.errors import Gone, MissingImage, NotFound, NotReady, Unavailable
+from api.errors import RETRY_AFTER, Gone, MissingImage, NotFound, NotReady, Unavailable
 from api.fetch import fetch
 from api.services import Services
 from common.cluster import callbacks, jobs
 from common.cluster.events import wait_until_ended
 from common.cluster.store import JobRecord, JobStatus
 from common.errors import BadParameter, UnknownField, UnsupportedImage
-from common.estimate import refuse_too_long
-from common.imageio import extension
+from common.estimate import refuse_too_long, refuse_unfit
+from common.imageio import FORMATS, extension
 from common.models import DEFAULT_MODEL
 from common.params import ResizeTo, parse_params
 
@@ -53,12 +53,24 @@ def _json(body: dict[str, Any], status: int = 200) -> Response:
 
 @bp.get("/healthz")
 def healthz() -> Response:
+    store = services().store
     try:
-        services().store.ping()
+        store.ping()
     except Exception as exc:  # any failure to answer is "not healthy", never a 500
         current_app.logger.warning("healthz: redis does not answer: %s", exc)
-        return _json({"status": "unavailable", "redis": "down"}, 503)
+        return _unhealthy("down")
+    try:
+        store.check_writable()
+    except Exception as exc:  # answers but refuses writes (maxmemory): no job can be taken
+        current_app.logger.warning("healthz: redis refuses writes: %s", exc)
+        return _unhealthy("refusing writes")
     return _json({"status": "ok"})
+
+
+def _unhealthy(redis_state: str) -> Response:
+    response = _json({"status": "unavailable", "redis": redis_state}, 503)
+    response.headers["Retry-After"] = str(RETRY_AFTER)
+    return response
 
 
 @bp.get("/")
@@ -202,6 +214,7 @@ def submit() -> Response:
     prepared = jobs.prepare(
         data, params, svc.settings, svc.registry, workers=capacity.slots, limits=capacity.limits
     )
+    upload_bytes = len(data)
     del data
     params = dataclasses.replace(params, model=prepared.plan.model)  # an alias's own name
     if krau_resize is not None:
@@ -211,6 +224,16 @@ def submit() -> Response:
         )
         prepared = dataclasses.replace(prepared, plan=compat.resized(plan, size, svc.settings))
         params = dataclasses.replace(params, resize_to=ResizeTo(width=size[0], height=size[1]))
+    refuse_unfit(
+        prepared.plan,
+        upload_bytes=upload_bytes,
+        input_format=prepared.image.format,
+        max_result_bytes=svc.settings.max_result_bytes,
+        max_parts=svc.settings.max_parts,
+        webp_quality=svc.settings.webp_quality,
+        max_side=FORMATS[prepared.plan.format].max_side,
+        resized=params.resize_to is not None,
+    )
     estimate = jobs.estimate_job(svc.store, svc.registry, prepared.plan, capacity.slots)
     if svc.settings.estimate_check:
         refuse_too_long(estimate, timeout, svc.settings.max_timeout)
@@ -227,9 +250,10 @@ def submit() -> Response:
     )
     try:
         svc.sender.send_job(prepared.job_id, prepared.plan.group_count, backlog)
+        svc.store.commit(prepared.job_id)
     except Exception as exc:
         current_app.logger.exception("could not queue job %s", prepared.job_id)
-        svc.store.fail(prepared.job_id, "queue_error", "the job could not be queued")
+        _unqueued(prepared.job_id)
         raise Unavailable("the task queue does not answer; try again later") from exc
     body: dict[str, Any] = {"task_id": prepared.job_id, "message": "Success"}
     status = 200 if krau else 202
@@ -242,6 +266,17 @@ def submit() -> Response:
     response = _waited(_json(body, status), applied)
     response.headers["Location"] = f"/result/{prepared.job_id}"
     return response
+
+
+def _unqueued(job_id: str) -> None:
+    """Leave nothing of a job whose tasks could not all be queued: the caller is told
+    503 and no task id, so the job must not run, nor keep its input until the reaper.
+    A group already queued finds its job gone and does nothing."""
+    store = services().store
+    try:
+        store.discard(job_id)
+    except Exception:  # Redis is gone altogether: the reaper ends the job at its deadline
+        current_app.logger.exception("could not discard unqueued job %s", job_id)
 
 
 def _hold(job_id: str, seconds: int | None) -> int | None:

@@ -26,7 +26,8 @@ The contract:
 Errors (see :mod:`common.errors`): :class:`UnsupportedImage` for bytes that are
 not an image we read, or are damaged or truncated; :class:`AnimatedImage` for
 several frames or pages; :class:`ImageTooLarge` for
-width * height over ``max_pixels``; :class:`BadParameter` for an unknown format
+width * height over ``max_pixels``, and for a structure over a decode bound
+(:mod:`common.bounds`: chunks, scans); :class:`BadParameter` for an unknown format
 or quality. No OpenCV or Pillow exception leaves :func:`probe` or :func:`decode`.
 A caller passing :func:`encode` an array outside the pixel contract gets
 ``ValueError``: that is a bug, not bad input.
@@ -48,7 +49,7 @@ import numpy as np
 import numpy.typing as npt
 import PIL.Image
 
-from common import frames
+from common import bounds, frames
 from common.errors import BadParameter, ImageTooLarge, UnsupportedImage
 from common.metadata import (
     TIFF_HEADERS,
@@ -411,6 +412,7 @@ def _read_header(data: bytes) -> _Header:
             f"{found} is not a supported image format (png, jpeg, webp, bmp, tiff)",
             format=found,
         )
+    bounds.check(data, found)
     orientation = 1
     if found == "tiff":
         # Pillow 13 and OpenCV 5 apply a TIFF's own Orientation tag, older

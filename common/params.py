@@ -149,7 +149,8 @@ def parse_params(
     normalized by :func:`common.imageio.normalize_format`.
 
     Raises:
-        BadParameter: a value out of range or malformed; ``detail["parameter"]`` names it.
+        BadParameter: a value out of range or malformed, or a ``tile_pad`` over the
+            ``tile_size`` given; ``detail["parameter"]`` names it.
     """
     from common.imageio import normalize_format
 
@@ -172,6 +173,14 @@ def parse_params(
     if pad_value is not None and not 0 <= pad_value <= MAX_PAD:
         raise BadParameter(
             f"tile_pad must be within 0..{MAX_PAD}", parameter="tile_pad", value=pad_value
+        )
+    if tile_value is not None and pad_value is not None and pad_value > tile_value:
+        raise BadParameter(
+            f"tile_pad {pad_value} is wider than tile_size {tile_value}: each tile would carry "
+            f"more context than picture; use a tile_pad of at most {tile_value}",
+            parameter="tile_pad",
+            value=pad_value,
+            limit=tile_value,
         )
     resize = None
     if resize_to is not None and str(resize_to).strip() != "":

@@ -55,6 +55,14 @@ DEFAULT_MAX_PIXELS = 4096 * 4096
 DEFAULT_MAX_OUTPUT_PIXELS = 16384 * 16384
 """Largest output image produced, in pixels (the canvas is held in memory)."""
 
+DEFAULT_MAX_RESULT_BYTES = 511 * 1024 * 1024
+"""Largest result a job may be estimated to encode to, in bytes: under Redis's 512 MiB limit on
+one value (``proto-max-bulk-len``), where the result lives without a blob store."""
+
+DEFAULT_MAX_PARTS = 4096
+"""Most tiles (of every plane) one job may be cut into: each is stored, queued and run on
+its own, so tiny tiles on a small upload would cost far more than the image."""
+
 DEFAULT_JPEG_QUALITY = 95
 """Quality of JPEG output (1-100)."""
 
@@ -144,6 +152,10 @@ class Settings:
     max_bytes: int = DEFAULT_MAX_BYTES
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS
+    max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
+    """Largest estimated encoded result (:func:`common.estimate.result_bytes`); raise it with a blob store."""
+    max_parts: int = DEFAULT_MAX_PARTS
+    """Most tiles one job may have (every plane counted)."""
     jpeg_quality: int = DEFAULT_JPEG_QUALITY
     webp_quality: int = DEFAULT_WEBP_QUALITY
 
@@ -345,7 +357,14 @@ class Settings:
             raise ConfigError(
                 f"SRCLUSTER_PRECISION must be one of {', '.join(PRECISIONS)}", value=self.precision
             )
-        for name in ("max_bytes", "max_pixels", "max_output_pixels", "model_max_bytes"):
+        for name in (
+            "max_bytes",
+            "max_pixels",
+            "max_output_pixels",
+            "max_result_bytes",
+            "max_parts",
+            "model_max_bytes",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be positive")
         if self.threads < 0:

@@ -25,14 +25,11 @@ from pathlib import Path
 import srcluster
 
 API_WORKERS = 2
-"""gunicorn worker processes of the API."""
+"""gunicorn worker processes of the API, as ``api/gunicorn_conf.py`` says too (threads,
+timeouts and limits are there, not here: compose and Kubernetes read the same file)."""
 
-API_THREADS = 8
-"""Threads per API process (uploads wait on Redis and the network, not the CPU). Twice the
-default ``SRCLUSTER_WAIT_SLOTS``: requests held by ``Prefer: wait`` never take them all."""
-
-API_TIMEOUT = 120
-"""Seconds gunicorn lets one request run (large uploads, ``url`` fetches)."""
+API_CONFIG = "python:api.gunicorn_conf"
+"""gunicorn's ``-c`` for the API: the one configuration every place that starts it uses."""
 
 
 def worker_command(
@@ -62,9 +59,8 @@ def worker_command(
 def api_command(host: str, port: int, workers: int = API_WORKERS) -> list[str]:
     """The API under gunicorn, as deployed (``api:create_app()`` reads ``SRCLUSTER_*``)."""
     return [
-        sys.executable, "-m", "gunicorn", "--bind", f"{host}:{port}",
-        "--workers", str(workers), "--threads", str(API_THREADS),
-        "--timeout", str(API_TIMEOUT), "api:create_app()",
+        sys.executable, "-m", "gunicorn", "-c", API_CONFIG, "--bind", f"{host}:{port}",
+        "--workers", str(workers), "api:create_app()",
     ]  # fmt: skip
 
 

@@ -10,6 +10,7 @@ ALICE's that never runs) and ``{api}`` (the API's own address, on 127.0.0.1).
 from __future__ import annotations
 
 import io
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +20,7 @@ import PIL.Image
 
 from common.imageio import encode
 from common.settings import DEFAULT_MAX_BYTES
-from tests.images import crafted_png
+from tests.images import crafted_png, png_chunk
 from tests.tokens import ALICE, BOB
 
 COMPACT = "realesr-animevideov3"
@@ -89,6 +90,58 @@ URL_AS_FILE, URL_AS_FILE_TYPE = multipart(
     ("model", None, b"realesr-animevideov3"), ("url", "u.txt", b"https://example.com/a.png")
 )
 ZERO_WIDTH = crafted_png(0, 24)
+
+
+# --- round 2: files that pass the header check and still cost what they should not ----
+
+
+def with_chunks(png: bytes, *chunks: bytes) -> bytes:
+    """``png`` with ``chunks`` inserted after its IHDR."""
+    return png[:33] + b"".join(chunks) + png[33:]
+
+
+ICC_BOMB = with_chunks(
+    PNG, png_chunk(b"iCCP", b"icc\x00\x00" + np.random.default_rng(1).bytes(2 << 20))
+)
+ZTXT_BOMB = with_chunks(PNG, png_chunk(b"zTXt", b"Comment\x00\x00" + b"\x78\x9c" + bytes(2 << 20)))
+ITXT_BOMB = with_chunks(PNG, png_chunk(b"iTXt", b"XML\x00\x00\x00\x00\x00" + b"x" * (2 << 20)))
+EXIF_BOMB = with_chunks(PNG, png_chunk(b"eXIf", b"MM\x00*" + bytes(2 << 20)))
+INFLATING_ZTXT = with_chunks(
+    PNG, png_chunk(b"zTXt", b"Comment\x00\x00" + zlib.compress(bytes(200 << 20), 9))
+)
+"""200 KB of zTXt that inflates to 200 MB (Pillow stops at 1 MB: a damaged file to us)."""
+MANY_CHUNKS = with_chunks(PNG, png_chunk(b"abCd", b"") * 100_000)
+"""1.2 MB of empty chunks (48 MB of them cost 22.6 s and 600 MB before these bounds)."""
+MANY_TEXT = with_chunks(PNG, *[png_chunk(b"tEXt", b"k\x00" + b"v" * 900_000) for _ in range(12)])
+"""Twelve text chunks of 0.9 MB: each under the one-chunk bound, 10.8 MB together."""
+
+
+def _progressive_jpeg(scans: int) -> bytes:
+    """A progressive JPEG whose last scan is repeated until it has ``scans`` scans."""
+    out = io.BytesIO()
+    PIL.Image.fromarray(_pixels(64, 64)).save(out, "JPEG", progressive=True, quality=90)
+    data = out.getvalue()
+    last = data.rfind(b"\xff\xda")
+    body, eoi = data[last:-2], data[-2:]
+    have = data.count(b"\xff\xda")
+    return data[:-2] + body * (scans - have) + eoi
+
+
+MANY_SCANS = _progressive_jpeg(2000)
+
+
+def _pages(count: int, size: int = 16) -> bytes:
+    frames = [PIL.Image.new("RGB", (size, size), (i % 256, 20, 90)) for i in range(count)]
+    out = io.BytesIO()
+    frames[0].save(out, "TIFF", save_all=True, append_images=frames[1:])
+    return out.getvalue()
+
+
+MANY_PAGES_TIFF = _pages(300)
+RGBA16 = encode(np.full((64, 64, 4), 40000, np.uint16), "png")
+"""A small 16-bit RGBA PNG: raw, a 9000x9000 result of it is 648 MB."""
+FLAT_2112 = encode(np.full((2112, 2112, 3), 90, np.uint8), "png")
+"""A flat 2112x2112 PNG of a few KB: 4356 tiles of 32."""
 
 
 def over_the_byte_limit() -> bytes:
@@ -224,6 +277,28 @@ CASES: list[BadRequest] = [
     BadRequest("gif input", 415, "unsupported_image", files=image(GIF, "in.gif", "image/gif")),
     BadRequest("png of zero width", 415, "unsupported_image", files=image(ZERO_WIDTH)),
     BadRequest("decompression bomb 100000x100000", 413, "too_large", files=image(BOMB)),
+    BadRequest("png with a 2 MiB iCCP chunk", 413, "too_large", files=image(ICC_BOMB)),
+    BadRequest("png with a 2 MiB zTXt chunk", 413, "too_large", files=image(ZTXT_BOMB)),
+    BadRequest("png with a 2 MiB iTXt chunk", 413, "too_large", files=image(ITXT_BOMB)),
+    BadRequest("png with a 2 MiB eXIf chunk", 413, "too_large", files=image(EXIF_BOMB)),
+    BadRequest(
+        "png with a zTXt inflating to 200 MB", 415, "unsupported_image", files=image(INFLATING_ZTXT)
+    ),
+    BadRequest("png with 100000 empty chunks", 413, "too_large", files=image(MANY_CHUNKS)),
+    BadRequest("png with 10.8 MB of text chunks", 413, "too_large", files=image(MANY_TEXT)),
+    BadRequest(
+        "progressive jpeg of 2000 scans",
+        413,
+        "too_large",
+        files=image(MANY_SCANS, "in.jpg", "image/jpeg"),
+    ),
+    BadRequest(
+        "tiff of 300 pages",
+        422,
+        "animated_image",
+        files=image(MANY_PAGES_TIFF, "a.tif", "image/tiff"),
+        parameter="file",
+    ),
     BadRequest(
         "file one byte over the limit",
         413,
@@ -262,6 +337,55 @@ CASES: list[BadRequest] = [
     param("resize_to", "1/0"),
     param("resize_to", "0/3"),
     param("resize_to", "-5x10"),
+    # --- what the job would make: refused at submit, not after every tile ran
+    BadRequest(
+        "tile_pad 128 on tile_size 32",
+        422,
+        "bad_parameter",
+        form={"model": COMPACT, "tile_size": "32", "tile_pad": "128"},
+        files=image(PNG),
+        parameter="tile_pad",
+    ),
+    BadRequest(
+        "4356 tiles of 32 for a few KB",
+        422,
+        "bad_parameter",
+        form={"model": COMPACT, "tile_size": "32", "tile_pad": "8"},
+        files=image(FLAT_2112),
+        parameter="tile_size",
+    ),
+    BadRequest(
+        "16-bit RGBA to a 9000x9000 tiff (648 MB raw)",
+        422,
+        "bad_parameter",
+        form={"model": COMPACT, "resize_to": "9000x9000", "format": "tiff"},
+        files=image(RGBA16),
+        parameter="resize_to",
+    ),
+    BadRequest(
+        "webp wider than 16383",
+        422,
+        "bad_parameter",
+        form={"model": COMPACT, "resize_to": "16384x64", "format": "webp"},
+        files=image(PNG),
+        parameter="resize_to",
+    ),
+    BadRequest(
+        "jpeg wider than 65500",
+        422,
+        "bad_parameter",
+        form={"model": COMPACT, "resize_to": "70000x8", "format": "jpeg"},
+        files=image(PNG),
+        parameter="resize_to",
+    ),
+    BadRequest(
+        "a 1x20000 png as webp (80000 px tall)",
+        422,
+        "bad_parameter",
+        form={"model": COMPACT, "format": "webp"},
+        files=image(lambda: encode(np.zeros((20000, 1, 3), np.uint8), "png")),
+        parameter="format",
+    ),
     param("format", "gif"),
     param("format", "../png"),
     param("timeout", "-1"),

@@ -15,7 +15,7 @@ import pytest
 
 from common import imageio
 from common.errors import AnimatedImage, BadParameter, ImageTooLarge, UnsupportedImage
-from tests.images import crafted_png
+from tests.images import crafted_png, png_chunk
 
 LIMIT = 4096 * 4096
 
@@ -451,3 +451,32 @@ def test_encode_refusals() -> None:
         imageio.encode(pixels.astype(np.float32), "png")
     with pytest.raises(ValueError):
         imageio.encode(pixels[:, :, :2], "png")
+
+
+# --- decode bounds (common.bounds): real files within them decode ----------------------
+
+
+def test_files_within_the_decode_bounds_decode() -> None:
+    """What real encoders write passes: a progressive JPEG with an EXIF thumbnail-sized
+    APP1, a PNG split into thousands of IDAT chunks, a PNG with a real ICC profile."""
+    rgb = np.random.default_rng(3).integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    out = io.BytesIO()
+    PIL.Image.fromarray(rgb).save(out, "JPEG", progressive=True, quality=90, exif=b"\0" * 30000)
+    assert imageio.decode(out.getvalue(), 1 << 20).pixels.shape == (96, 128, 3)
+    png = imageio.encode(rgb, "png")
+    ihdr = png[:33]
+    # re-chunk the IDAT payload into 100-byte pieces (libpng reads them as one stream)
+    payload = b""
+    pos = 33
+    while png[pos + 4 : pos + 8] != b"IEND":
+        (length,) = struct.unpack_from(">I", png, pos)
+        if png[pos + 4 : pos + 8] == b"IDAT":
+            payload += png[pos + 8 : pos + 8 + length]
+        pos += 12 + length
+    pieces = [payload[i : i + 100] for i in range(0, len(payload), 100)]
+    assert len(pieces) > 300
+    rechunked = ihdr + b"".join(png_chunk(b"IDAT", p) for p in pieces) + png_chunk(b"IEND", b"")
+    assert np.array_equal(imageio.decode(rechunked, 1 << 20).pixels, rgb)
+    icc = PIL.ImageCms.ImageCmsProfile(PIL.ImageCms.createProfile("sRGB")).tobytes()
+    with_icc = imageio.encode(rgb, "png", icc=icc)
+    assert imageio.decode(with_icc, 1 << 20).icc == icc

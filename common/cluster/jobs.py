@@ -74,6 +74,11 @@ and at most read ahead while the last group infers: bounds the stitch's memory a
 canvas (twice this, plus its own group's cores), whether cores are 50 KB or 25 MB."""
 
 
+COMMIT_SECONDS = 60.0
+"""Seconds a submitted job may stay uncommitted (its tasks being queued) before the janitor
+ends it: an API killed mid-submit leaves its job's input in the store this long at most."""
+
+
 @dataclass
 class Prepared:
     """A validated, planned job ready to be recorded: its plan and its input windows."""
@@ -161,7 +166,11 @@ def submit(
     ``estimate`` is its estimated seconds of inference (:mod:`common.estimate`);
     ``callback_url`` (already checked) is posted the job's status when it ends. Returns
     the owner's backlog before it: groups of its other unfinished jobs not yet done (what
-    the job's fair-share priorities start from)."""
+    the job's fair-share priorities start from).
+
+    The job is uncommitted until the caller has queued its tasks and called
+    ``store.commit``: a caller that dies in between leaves a job the janitor ends
+    within :data:`COMMIT_SECONDS`."""
     backlog = store.backlog(owner)
     store.create(
         prepared.job_id,
@@ -176,6 +185,7 @@ def submit(
         timeout=timeout,
         estimate=estimate,
         callback_url=callback_url,
+        commit_within=COMMIT_SECONDS,
         pixels=prepared.plan.width * prepared.plan.height,
     )
     return backlog
@@ -585,6 +595,11 @@ def reap(store: JobStore, now: float | None = None) -> list[str]:
         record = store.get(job_id)
         if record is None:
             store.forget(job_id)
+            continue
+        if not record.committed:
+            reason = "the API stopped before it had queued the job's tiles"
+            if store.fail(job_id, "queue_error", reason):
+                ended.append(job_id)
             continue
         if record.done >= record.parts:
             reason = "every tile finished but the stitch never ran"

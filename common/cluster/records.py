@@ -120,6 +120,8 @@ class JobRecord:
     callback_url: str | None = None
     callback: dict[str, Any] | None = None
     """``{"status", "attempts", "error"?}`` of the job's callback, if it asked for one."""
+    committed: bool = True
+    """False until the API has queued all the job's tasks (see ``JobStore.commit``)."""
 
     def public(self, now: float | None = None) -> dict[str, Any]:
         """The ``result`` object of ``GET /result/<id>`` at time ``now`` (default: now)."""

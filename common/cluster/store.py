@@ -13,6 +13,7 @@ every one with the result TTL::
                       callback_url      where to POST the job's status when it ends (if asked)
                       callback_status   pending | delivered | failed, callback_attempts, callback_error
                       blobs             where its bytes are: redis, file or the s3:// URL
+                      timeout, uncommitted  its timeout; set until the API queued all its tasks
     P:done          set of finished part numbers (SADD is idempotent under redelivery; SCARD is progress)
     P:in:<p>:<c>    column strip ``c`` of plane ``p``'s reflection-extended input: raw C-order
                     (rows, window width, 3) pixels, so a window is one contiguous byte range
@@ -26,6 +27,7 @@ every one with the result TTL::
     srcluster:callbacks      sorted set of ended jobs' keys whose callback is undelivered, scored by
                              when it is next due (see :mod:`common.cluster.callbacks`)
     srcluster:blob-sweep     set while one janitor sweeps old blobs (a blob store only)
+    srcluster:healthz        written by GET /healthz (does Redis accept writes?), 60 s TTL
     srcluster:stats          hash of counters and latency buckets, no TTL (:mod:`common.cluster.stats`)
 
 and the workers' keys (:mod:`common.cluster.workers`). With a blob store
@@ -100,6 +102,8 @@ PREFIX = "srcluster:job:"
 ACTIVE = "srcluster:active"
 CALLBACKS = "srcluster:callbacks"
 BLOB_SWEEP = "srcluster:blob-sweep"
+HEALTH = "srcluster:healthz"
+"""Written by ``GET /healthz`` to learn that Redis accepts writes."""
 
 RESULT_CHUNK = 1 << 20
 """Bytes of a result streamed from a blob store at a time (a download's memory)."""
@@ -219,6 +223,11 @@ class JobStore(WorkerRegistry):
         """Raise ``redis.RedisError`` unless Redis answers."""
         self.redis.ping()
 
+    def check_writable(self) -> None:
+        """Raise ``redis.RedisError`` unless Redis accepts a write (it refuses them at
+        ``maxmemory`` with ``noeviction``, or as a read-only replica)."""
+        self.redis.set(HEALTH, "1", ex=60)
+
     def close(self) -> None:
         """Release this store's connections."""
         self.redis.close()
@@ -242,6 +251,7 @@ class JobStore(WorkerRegistry):
         groups: int | None = None,
         estimate: float | None = None,
         callback_url: str | None = None,
+        commit_within: float | None = None,
         pixels: int = 0,
     ) -> None:
         """Record a new ``pending`` job of ``parts`` parts (in ``groups`` tasks; default one
@@ -252,6 +262,11 @@ class JobStore(WorkerRegistry):
         ``strips`` are ``(plane, column, raw bytes)`` (see the key layout). One
         transaction: a job is recorded whole or not at all (with a blob store, the
         strips are written first and deleted again if the transaction fails).
+
+        ``commit_within``: the job is *uncommitted* until :meth:`commit` (its caller has
+        queued all its tasks), and its deadline is that many seconds away (at most its
+        timeout) until then: a caller that dies while queueing leaves a job the janitor
+        ends (and drops) within those seconds, not after the whole timeout.
         """
         pipe = self.redis.pipeline(transaction=True)
         if self.blobs is None:
@@ -271,16 +286,19 @@ class JobStore(WorkerRegistry):
             "parts": parts,
             "groups": parts if groups is None else groups,
             "created": now,
-            "deadline": now + timeout,
+            "deadline": now + (timeout if commit_within is None else min(timeout, commit_within)),
+            "timeout": timeout,
             "blobs": self.blob_kind,
         }
+        if commit_within is not None:
+            record["uncommitted"] = 1
         if estimate is not None:
             record["estimate"] = estimate
         if callback_url:
             record["callback_url"] = callback_url
         pipe.hset(self.key(job_id), mapping=record)
         pipe.expire(self.key(job_id), self.ttl)
-        pipe.zadd(ACTIVE, {self.key(job_id): now + timeout})
+        pipe.zadd(ACTIVE, {self.key(job_id): record["deadline"]})
         pipe.zadd(TOKEN_JOBS + owner, {self.key(job_id): now})
         pipe.expire(TOKEN_JOBS + owner, self.ttl)
         if pixels > 0:
@@ -293,6 +311,20 @@ class JobStore(WorkerRegistry):
             if self.blobs is not None:
                 self.blobs.remove_job(job_id)
             raise
+
+    def commit(self, job_id: str) -> None:
+        """Mark a job created with ``commit_within`` as queued whole: its deadline becomes
+        its creation plus its timeout. A job that has ended meanwhile stays off the
+        unfinished list."""
+        created, timeout = self.redis.hmget(self.key(job_id), "created", "timeout")
+        if created is None or timeout is None:
+            return
+        deadline = float(created) + float(timeout)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(self.key(job_id), "deadline", deadline)
+        pipe.hdel(self.key(job_id), "uncommitted")
+        pipe.zadd(ACTIVE, {self.key(job_id): deadline}, xx=True)
+        pipe.execute()
 
     def get(self, job_id: str) -> JobRecord | None:
         """The job, or ``None`` if it does not exist (or expired)."""
@@ -336,6 +368,7 @@ class JobStore(WorkerRegistry):
             estimate=float(fields["estimate"]) if "estimate" in fields else None,
             callback_url=fields.get("callback_url"),
             callback=callback,
+            committed="uncommitted" not in fields,
             output=output,
         )
 
@@ -470,6 +503,14 @@ class JobStore(WorkerRegistry):
             self.redis.delete(*keys)
         if self.blobs is not None:
             self.blobs.remove_job(job_id)
+
+    def discard(self, job_id: str) -> None:
+        """Remove every trace of a job that was never queued: its keys, record included,
+        its blobs, its place on the unfinished list. Deletes only, which Redis accepts
+        even when it refuses writes (``maxmemory``)."""
+        self.delete(job_id)
+        self.redis.delete(self.key(job_id))
+        self.forget(job_id)
 
     # --- parts ----------------------------------------------------------------
 
