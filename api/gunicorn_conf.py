@@ -34,3 +34,8 @@ worker_connections = 1000
 limit_request_line = 4094
 limit_request_fields = 100
 limit_request_field_size = 8190
+
+control_socket_disable = True
+"""No ``gunicornc`` control socket: gunicorn 27 puts one at ``$HOME/.gunicorn/gunicorn.ctl``
+by default, a path every gunicorn of this user shares (tests and ``srcluster up`` run
+several), and nothing here needs to resize or stop the API through it."""
