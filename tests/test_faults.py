@@ -365,6 +365,27 @@ def test_redis_refusing_writes_for_8_s_fails_no_job(
     assert_identical_and_stitched_once(fault_api, store, job_id, data, fault_settings)
 
 
+def test_an_idle_worker_outlives_redis_refusing_writes(
+    fault_api, fault_settings, store, start_worker
+) -> None:
+    """Redis refuses writes while a worker waits for work: its consumer's ``BRPOP`` (a pop,
+    so a write) is refused; the worker reconnects instead of exiting (``worker.broker``),
+    and takes the next job."""
+    client = redis.Redis.from_url(fault_settings.redis_url)
+    worker = start_worker("idle")
+    client.config_set("min-replicas-to-write", 1)
+    try:
+        time.sleep(4)  # several of the consumer's 1 s BRPOPs
+    finally:
+        client.config_set("min-replicas-to-write", 0)
+    assert worker.process.poll() is None, worker.log.read_text()[-3000:]
+    data = image(256, 256, seed=13)
+    assert_identical_and_stitched_once(
+        fault_api, store, submit(fault_api, data), data, fault_settings
+    )
+    assert "Unrecoverable error" not in worker.log.read_text()
+
+
 def test_lost_stitch_message_is_recovered_by_the_janitor(
     fault_api, fault_settings, store, start_worker
 ) -> None:

@@ -32,6 +32,8 @@ def make_app(settings: Settings) -> Celery:
         "srcluster", broker=settings.redis_url, backend=settings.redis_url, include=TASK_MODULES
     )
     app.conf.update(celery_config(settings))
+    # Redis refusing writes for a while makes the consumer reconnect, not exit (worker.broker)
+    app.conf.broker_transport = "worker.broker:Transport"
     app.conf.update(
         # a task is acknowledged only once done, and requeued if its process dies
         task_acks_late=True,
