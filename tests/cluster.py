@@ -171,9 +171,10 @@ class ApiServer:
                 self.process.wait()
 
 
-def new_job(store: JobStore, parts: int = 3, timeout: float = 60) -> str:
+def new_job(store: JobStore, parts: int = 3, timeout: float = 60, pixels: int = 0) -> str:
     """Record a small pending job straight in ``store``: ``parts`` parts, strip ``c``
-    holding ``b"in<c>"``, an ICC extra; returns its id."""
+    holding ``b"in<c>"``, an ICC extra, ``pixels`` input pixels for the owner ``o``'s
+    hourly budget; returns its id."""
     job_id = uuid.uuid4().hex
     store.create(
         job_id,
@@ -185,5 +186,6 @@ def new_job(store: JobStore, parts: int = 3, timeout: float = 60) -> str:
         strips=[(0, c, b"in%d" % c) for c in range(parts)],
         extras={"icc": b"profile"},
         timeout=timeout,
+        pixels=pixels,
     )
     return job_id

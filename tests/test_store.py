@@ -166,3 +166,24 @@ def test_jobs_are_planned_for_the_hungriest_engine_up(store: JobStore, settings)
     mixed_pixels, ort_peak = window_peak((("openvino-cpu", budget), ("ort-cpu", budget)), "ort-cpu")
     assert ort_peak <= budget
     assert mixed_pixels < ov_pixels, "OpenVINO's leaner windows were planned for an ORT worker"
+
+
+def test_a_tokens_hourly_pixels_are_counted_and_a_discarded_job_refunds_them(
+    store: JobStore,
+) -> None:
+    budget = 1000
+    assert store.admit("o", 600, max_jobs=10, pixels_per_hour=budget) is None
+    kept = new_job(store, pixels=600)
+    refusal = store.admit("o", 600, max_jobs=10, pixels_per_hour=budget)
+    assert refusal is not None and refusal.reason == "pixels" and refusal.used == 600
+    # the budget frees an hour after the job that spent it
+    assert refusal.retry_after is not None and 3500 < refusal.retry_after <= 3600
+    alone = store.admit("o", 2000, max_jobs=10, pixels_per_hour=budget)
+    assert alone is not None and alone.retry_after is None  # never: the image alone is over it
+    assert store.admit("other", 600, max_jobs=10, pixels_per_hour=budget) is None
+    # a job that could not be queued (discarded) costs its token nothing
+    never_queued = new_job(store, pixels=300)
+    store.discard(never_queued)
+    assert store.admit("o", 400, max_jobs=10, pixels_per_hour=budget) is None
+    store.discard(kept)
+    assert store.admit("o", 1000, max_jobs=1, pixels_per_hour=budget) is None

@@ -507,10 +507,23 @@ class JobStore(WorkerRegistry):
     def discard(self, job_id: str) -> None:
         """Remove every trace of a job that was never queued: its keys, record included,
         its blobs, its place on the unfinished list. Deletes only, which Redis accepts
-        even when it refuses writes (``maxmemory``)."""
+        even when it refuses writes (``maxmemory``). A job never queued costs its token
+        nothing: it leaves the token's jobs and its hourly pixels too."""
+        raw_owner = self.redis.hget(self.key(job_id), "owner")
         self.delete(job_id)
         self.redis.delete(self.key(job_id))
         self.forget(job_id)
+        if raw_owner is not None:
+            owner = raw_owner.decode()
+            mine = f"{job_id} ".encode()
+            spent = [
+                m for m in self.redis.zrange(TOKEN_PIXELS + owner, 0, -1) if m.startswith(mine)
+            ]
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.zrem(TOKEN_JOBS + owner, self.key(job_id))
+            if spent:
+                pipe.zrem(TOKEN_PIXELS + owner, *spent)
+            pipe.execute()
 
     # --- parts ----------------------------------------------------------------
 
