@@ -40,9 +40,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import onnx
-from onnx import TensorProto, helper
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -55,21 +52,9 @@ from common.settings import Settings  # noqa: E402
 from srcluster.client import Client  # noqa: E402
 from tests import s3  # noqa: E402
 from tests.cluster import ApiServer, WorkerProcess  # noqa: E402
+from tests.stand_in import STAND_IN, stand_in_model  # noqa: E402
 
 TOKEN = "bench-token-0123456789abcdef"
-STAND_IN = "stand-in-nearest-x4"
-
-
-def stand_in_model(path: Path) -> Path:
-    """An ONNX x4 upscaler that only repeats pixels: the engine is (almost) free."""
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, "H4", "W4"])
-    scales = helper.make_tensor("s", TensorProto.FLOAT, [4], [1.0, 1.0, 4.0, 4.0])
-    node = helper.make_node("Resize", ["x", "", "s"], ["y"], mode="nearest")
-    graph = helper.make_graph([node], "stand_in", [x], [y], initializer=[scales])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    onnx.save(model, str(path))
-    return path
 
 
 def cpu_seconds(pid: int) -> float:

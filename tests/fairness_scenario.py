@@ -8,8 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper
 
 from common.cluster.store import JobStore
 from common.imageio import encode
@@ -17,22 +15,10 @@ from common.models import Registry
 from common.settings import Settings
 from srcluster.client import Client
 from tests.cluster import wait_for
+from tests.stand_in import STAND_IN, stand_in_model
 from tests.tokens import ALICE, BOB
 
-STAND_IN = "stand-in-nearest-x4"
 TILE = 32
-
-
-def stand_in_model(path: Path) -> Path:
-    """An ONNX x4 upscaler that only repeats pixels: the engine is (almost) free."""
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, "H4", "W4"])
-    scales = helper.make_tensor("s", TensorProto.FLOAT, [4], [1.0, 1.0, 4.0, 4.0])
-    node = helper.make_node("Resize", ["x", "", "s"], ["y"], mode="nearest")
-    graph = helper.make_graph([node], "stand_in", [x], [y], initializer=[scales])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    onnx.save(model, str(path))
-    return path
 
 
 def photo(width: int, height: int, seed: int = 0) -> bytes:

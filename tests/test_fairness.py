@@ -20,7 +20,8 @@ from common.cluster.store import JobStore
 from common.settings import Settings
 from srcluster.client import Client
 from tests.cluster import ApiServer, WorkerProcess
-from tests.fairness_scenario import STAND_IN, TILE, fair_settings, head_start, photo
+from tests.fairness_scenario import TILE, fair_settings, head_start, photo
+from tests.stand_in import STAND_IN
 from tests.tokens import ALICE, BOB
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
