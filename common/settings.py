@@ -100,7 +100,7 @@ DEFAULT_STALL_AFTER = 60
 tiles no live worker holds and no queue carries has them re-queued (at least this; more
 for a job whose tiles are slow: see ``common.cluster.recovery``)."""
 
-DEFAULT_TOKEN_MAX_JOBS = 100
+DEFAULT_TOKEN_MAX_JOBS = 1000
 """Jobs one token may have unfinished at once; more are refused (429) until some end."""
 
 DEFAULT_TOKEN_PIXELS_PER_HOUR = 10_000_000_000

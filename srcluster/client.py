@@ -86,11 +86,17 @@ class Client:
     """One cluster's API at ``url`` (``http://host:port``), as the holder of ``token``.
 
     ``timeout`` bounds each request (a ``Prefer: wait`` request gets its wait on top).
+    ``patience``: seconds a submit keeps trying while the service says this token is over
+    its limits for now (429), each time after the ``Retry-After`` it gave; 0 gives up at
+    once (the :class:`ServiceError` says when to come back).
     """
 
-    def __init__(self, url: str, token: str, *, timeout: float = 60.0) -> None:
+    def __init__(
+        self, url: str, token: str, *, timeout: float = 60.0, patience: float = 600.0
+    ) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
+        self.patience = patience
         self.session = requests.Session()
         self.session.headers["X-Token"] = token
         # A kept-alive connection the server closed just as it was reused fails with no
@@ -167,7 +173,17 @@ class Client:
     ) -> Submission:
         form = {k: str(v) for k, v in fields.items() if v is not None}
         files = None if data is None else {"file": (filename, data)}
-        reply = self._call("POST", "/sr", data=form, files=files, wait=wait)
+        give_up = time.monotonic() + self.patience
+        while True:
+            try:
+                reply = self._call("POST", "/sr", data=form, files=files, wait=wait)
+                break
+            except ServiceError as error:
+                # over the token's jobs in flight or pixels per hour: nothing was queued
+                pause = float(error.detail.get("retry_after") or 5)
+                if error.status != 429 or time.monotonic() + pause > give_up:
+                    raise
+                time.sleep(pause)
         body = reply.json()
         return Submission(
             job_id=str(body["task_id"]),

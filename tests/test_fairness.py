@@ -18,7 +18,7 @@ import requests
 from common.cluster.embedded import EmbeddedRedis
 from common.cluster.store import JobStore
 from common.settings import Settings
-from srcluster.client import Client
+from srcluster.client import Client, ServiceError
 from tests.cluster import ApiServer, WorkerProcess
 from tests.fairness_scenario import TILE, fair_settings, head_start, photo
 from tests.stand_in import STAND_IN
@@ -73,3 +73,18 @@ def test_token_over_its_jobs_in_flight_gets_429_with_retry_after(fair_cluster) -
     time.sleep(0.1)
     again = Client(api.url, ALICE).submit(photo(64, 64, seed=5), **fields)
     assert Client(api.url, ALICE).wait(again, timeout=300)["status"] == "success"
+
+
+def test_the_client_waits_out_a_429_and_submits(fair_cluster) -> None:
+    """``srcluster submit`` and the client library: a token at its limit waits the
+    ``Retry-After`` and submits once a job has ended, instead of failing the batch."""
+    api, _ = fair_cluster
+    fields = {"model": STAND_IN, "tile_size": TILE, "tile_pad": 4}
+    first = Client(api.url, ALICE).submit(photo(1024, 512, seed=6), **fields)
+    with pytest.raises(ServiceError) as refused:
+        Client(api.url, ALICE, patience=0).submit(photo(64, 64, seed=7), **fields)
+    assert refused.value.status == 429
+    later = Client(api.url, ALICE).submit(photo(64, 64, seed=8), **fields)
+    client = Client(api.url, ALICE)
+    assert client.result(first)["status"] == "success"  # it was admitted once the first ended
+    assert client.wait(later, timeout=300)["status"] == "success"
