@@ -34,7 +34,7 @@ from common.cluster.store import JobStatus, JobStore
 from common.imageio import encode
 from common.settings import Settings
 from srcluster.client import Client
-from tests.cluster import ApiServer, WorkerProcess, wait_for
+from tests.cluster import ApiServer, WorkerProcess, new_job, wait_for
 from tests.test_deploy import dashboard_metric_names
 from tests.tokens import ALICE
 
@@ -153,18 +153,7 @@ def test_histograms_are_cumulative_whatever_the_bounds() -> None:
 
 def test_each_part_and_status_counts_once(store: JobStore) -> None:
     before = store.metrics([])
-    job_id = uuid.uuid4().hex
-    store.create(
-        job_id,
-        owner="o",
-        owner_name="alice",
-        params={"model": "m"},
-        plan={},
-        parts=2,
-        strips=[],
-        extras={},
-        timeout=60,
-    )
+    job_id = new_job(store, parts=2)
     store.start(job_id)
     store.start(job_id)  # already processing: no second count
     store.record_outputs(job_id, [(0, b"a"), (1, b"b")], "w", model="m", seconds=[0.2, 3.0])

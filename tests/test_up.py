@@ -34,6 +34,70 @@ def listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+class Up:
+    """One ``srcluster up`` in a process group of its own, as a terminal's foreground job."""
+
+    def __init__(self, env: dict[str, str], out: Path, cwd: Path = ROOT):
+        self.out = out
+        self.start_at = out.stat().st_size if out.exists() else 0
+        with out.open("ab") as sink:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "srcluster", "up"],
+                cwd=cwd,
+                env=env,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def text(self) -> str:
+        return self.out.read_text(errors="replace")[self.start_at :]
+
+    def wait_up(self) -> str:
+        wait_for(lambda: "curl" in self.text() or self.process.poll() is not None, 180, "up")
+        assert self.process.poll() is None, self.text()
+        return self.text()
+
+    def token(self) -> str:
+        return next(
+            line.split()[1]
+            for line in self.text().splitlines()
+            if line.strip().startswith("token:")
+        )
+
+    def children(self) -> dict[str, int]:
+        """PID of each child ``up`` started itself (redis, worker, api, flower)."""
+        found: dict[str, int] = {}
+        for pid in descendants(self.process.pid):
+            try:
+                parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+                words = Path(f"/proc/{pid}/cmdline").read_text().split("\0")
+            except OSError:
+                continue
+            if parent != self.process.pid:
+                continue
+            line = " ".join(words)
+            for name, mark in (
+                ("redis", "redis-server"),
+                ("worker", "celery -A worker worker"),
+                ("api", "gunicorn"),
+                ("flower", "srcluster.flower"),
+            ):
+                if mark in line:
+                    found[name] = pid
+        return found
+
+    def ctrl_c(self) -> None:
+        """What a terminal does on Ctrl-C: SIGINT to the whole foreground process group."""
+        os.killpg(self.process.pid, signal.SIGINT)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
 def test_up_serves_an_upload_and_stops_cleanly(settings: Settings, tmp_path: Path) -> None:
     api_port, flower_port = free_port(), free_port()
     env = child_env(settings)
@@ -43,24 +107,11 @@ def test_up_serves_an_upload_and_stops_cleanly(settings: Settings, tmp_path: Pat
         SRCLUSTER_API_PORT=str(api_port),
         SRCLUSTER_FLOWER_PORT=str(flower_port),
     )
-    out = tmp_path / "up.out"
-    with out.open("wb") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "srcluster", "up"],
-            cwd=ROOT,
-            env=env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
+    up = Up(env, tmp_path / "up.out")
+    process = up.process
     try:
-        wait_for(
-            lambda: "curl" in out.read_text() or process.poll() is not None, 120, "srcluster up"
-        )
-        text = out.read_text()
-        assert process.poll() is None, text
-        token = next(
-            line.split()[1] for line in text.splitlines() if line.strip().startswith("token:")
-        )
+        text = up.wait_up()
+        token = up.token()
         photo = (ROOT / "tests" / "data" / "photo.png").read_bytes()
         with Client(f"http://127.0.0.1:{api_port}", token) as client:
             job = client.submit(photo, filename="photo.png", model="realesr-animevideov3")
@@ -209,25 +260,11 @@ def test_up_ignores_the_current_folder_and_a_signal_leaves_no_process(
     for name in ("api", "worker"):
         (folder / f"{name}.py").write_text(SHADOW.format(name=name))
     api_port, flower_port = free_port(), free_port()
-    out = tmp_path / "up.out"
-    with out.open("wb") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "srcluster", "up"],
-            cwd=folder,
-            env=up_env(settings, tmp_path / "data", api_port, flower_port),
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # a terminal's foreground process group of its own
-        )
+    up = Up(up_env(settings, tmp_path / "data", api_port, flower_port), tmp_path / "up.out", folder)
+    process = up.process
     try:
-        wait_for(
-            lambda: "curl" in out.read_text() or process.poll() is not None, 120, "srcluster up"
-        )
-        text = out.read_text()
-        assert process.poll() is None, text
-        token = next(
-            line.split()[1] for line in text.splitlines() if line.strip().startswith("token:")
-        )
+        text = up.wait_up()
+        token = up.token()
         found = re.search(r"Redis: .*127\.0\.0\.1:(\d+)", text)
         assert found is not None, text
         redis_port = int(found[1])
@@ -255,70 +292,6 @@ def test_up_ignores_the_current_folder_and_a_signal_leaves_no_process(
 
 
 # --- stopping in order, supervising, one up per data folder -----------------------------
-
-
-class Up:
-    """One ``srcluster up`` in a process group of its own, as a terminal's foreground job."""
-
-    def __init__(self, env: dict[str, str], out: Path):
-        self.out = out
-        self.start_at = out.stat().st_size if out.exists() else 0
-        with out.open("ab") as sink:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "srcluster", "up"],
-                cwd=ROOT,
-                env=env,
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def text(self) -> str:
-        return self.out.read_text(errors="replace")[self.start_at :]
-
-    def wait_up(self) -> str:
-        wait_for(lambda: "curl" in self.text() or self.process.poll() is not None, 180, "up")
-        assert self.process.poll() is None, self.text()
-        return self.text()
-
-    def token(self) -> str:
-        return next(
-            line.split()[1]
-            for line in self.text().splitlines()
-            if line.strip().startswith("token:")
-        )
-
-    def children(self) -> dict[str, int]:
-        """PID of each child ``up`` started itself (redis, worker, api, flower)."""
-        found: dict[str, int] = {}
-        for pid in descendants(self.process.pid):
-            try:
-                parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-                words = Path(f"/proc/{pid}/cmdline").read_text().split("\0")
-            except OSError:
-                continue
-            if parent != self.process.pid:
-                continue
-            line = " ".join(words)
-            for name, mark in (
-                ("redis", "redis-server"),
-                ("worker", "celery -A worker worker"),
-                ("api", "gunicorn"),
-                ("flower", "srcluster.flower"),
-            ):
-                if mark in line:
-                    found[name] = pid
-        return found
-
-    def ctrl_c(self) -> None:
-        """What a terminal does on Ctrl-C: SIGINT to the whole foreground process group."""
-        os.killpg(self.process.pid, signal.SIGINT)
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
 
 
 PHOTO = ROOT / "tests" / "data" / "photo.png"
