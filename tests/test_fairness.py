@@ -50,8 +50,10 @@ def test_small_job_starts_within_a_few_tiles_of_a_1000_tile_job(fair_cluster) ->
     seen = head_start(api.url, store, photo(1024, 1000))
     print(seen)
     assert seen.a_parts >= 1000
-    # B's groups go at priority 0, behind at most A's first 4 and the tiles already taken
-    assert seen.a_tiles_ahead <= 12, seen
+    # B's groups go at priority 0, behind at most A's first 4 and the tiles already taken;
+    # the count comes from polling A's done tiles (~10 ms each), so the tiles that landed
+    # while the test looked count too (13 seen under CI's load). FIFO: about 946.
+    assert seen.a_tiles_ahead <= 32, seen
 
 
 def test_token_over_its_jobs_in_flight_gets_429_with_retry_after(fair_cluster) -> None:
